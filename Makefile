@@ -1,0 +1,111 @@
+# tokengate: one non-recursive Makefile. `make V=1` shows the commands.
+#
+#   make            build build/tokengate and the test/bench tools
+#   make test       unit + end-to-end tests (plain build)
+#   make asan       the same tests with the agent built under ASan + UBSan
+#   make check      what CI runs: deps, test and asan in one summary, fuzz
+#   make fuzz       libFuzzer on the frame decoder (FUZZ_SECONDS, default 60)
+#   make bench      the side-by-side benchmarks (see bench/)
+#   make install    PREFIX=/usr/local
+
+CC      ?= cc
+PREFIX  ?= /usr/local
+BUILD   ?= build
+FUZZ_SECONDS ?= 60
+
+PKGS    := sqlite3 openssl libcjson
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wundef -Wno-unused-parameter
+CFLAGS  ?= -O2 -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -MMD -MP -Ispoa
+LDLIBS  := -lev -lm -lpthread
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+SPOA_SRC := $(filter-out spoa/main.c,$(wildcard spoa/*.c))
+SPOA_OBJ := $(SPOA_SRC:%.c=$(BUILD)/%.o)
+WIRE_OBJ := $(BUILD)/bench/spopwire.o
+
+BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/fuzz_replay
+
+.PHONY: all test asan check fuzz bench install clean deps
+all: $(BINS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/tokengate: $(BUILD)/spoa/main.o $(SPOA_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/test_spop: $(BUILD)/tests/unit/test_spop.o $(SPOA_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+$(BUILD)/test_conn: $(BUILD)/tests/unit/test_conn.o $(SPOA_OBJ) $(WIRE_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+$(BUILD)/spopload: $(BUILD)/bench/spopload.o $(WIRE_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ -lm -lpthread
+
+$(BUILD)/spopraw: $(BUILD)/tests/tools/spopraw.o $(WIRE_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^
+
+$(BUILD)/wire_selftest: $(BUILD)/bench/wire_selftest.o $(WIRE_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^
+
+# The fuzz target's corpus, replayed as an ordinary test (no clang needed).
+$(BUILD)/fuzz_replay: $(BUILD)/tests/fuzz/fuzz_frame.o $(BUILD)/tests/fuzz/replay_main.o $(SPOA_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+# libFuzzer build: clang only.
+$(BUILD)/fuzz_frame: tests/fuzz/fuzz_frame.c $(SPOA_SRC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZ    $@")
+	$(Q)clang -std=c11 -D_GNU_SOURCE -g -O1 -Ispoa -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)
+
+test: all
+	$(Q)TG_BUILD=$(BUILD) tests/run.sh
+
+asan:
+	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CC=clang \
+		CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" all
+	$(Q)TG_BUILD=build-asan tests/run.sh
+
+fuzz: $(BUILD)/fuzz_frame
+	$(Q)mkdir -p $(BUILD)/fuzz-corpus
+	$(Q)$(BUILD)/fuzz_frame -max_total_time=$(FUZZ_SECONDS) -max_len=70000 \
+		-print_final_stats=1 $(BUILD)/fuzz-corpus tests/fuzz/corpus
+
+deps:
+	$(Q)ops/install-deps.sh
+
+# CI and the README's test command: everything, one summary line at the end.
+check: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CC=clang \
+		CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" all $(if $(filter 0,$(FUZZ_SECONDS)),,build-asan/fuzz_frame)
+	$(Q)TG_BUILD=build TG_ASAN_BUILD=build-asan TG_FUZZ_SECONDS=$(FUZZ_SECONDS) tests/run.sh
+
+bench: all
+	$(Q)bench/run
+
+install: $(BUILD)/tokengate
+	install -D -m 0755 $(BUILD)/tokengate $(DESTDIR)$(PREFIX)/bin/tokengate
+	install -d $(DESTDIR)$(PREFIX)/share/tokengate
+	cp -r haproxy-conf schema $(DESTDIR)$(PREFIX)/share/tokengate/
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find build build-asan -name '*.d' 2>/dev/null)

@@ -1,0 +1,56 @@
+/*
+ * config: every setting in one typed, bounded table.
+ *
+ * Order of precedence: built-in defaults, then the config file, then the
+ * command line, then config_validate(). Each key is accepted in the file as
+ * `key = value` and on the command line as `--key value` or `--key=value`
+ * (dashes and underscores are interchangeable).
+ */
+#ifndef TOKENGATE_CONFIG_H
+#define TOKENGATE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define CONFIG_STR_MAX 512
+
+struct config {
+	char listen[CONFIG_STR_MAX];
+	char db[CONFIG_STR_MAX];
+	char port_file[CONFIG_STR_MAX];
+	char pid_file[CONFIG_STR_MAX];
+	char default_backend[CONFIG_STR_MAX];
+	char log_level[16];
+	bool log_syslog;
+	long max_connections;
+	long max_frame_size;
+	long hello_timeout_ms;
+	long idle_timeout_ms;
+	long write_buffer_max;
+	long frames_per_event;
+	long unix_socket_mode;
+};
+
+/* Fills every field with its default. */
+void config_defaults(struct config *c);
+
+/*
+ * Sets one key from text. Returns 0, or -1 with a message naming the key
+ * in err (size errsz).
+ */
+int config_set(struct config *c, const char *key, const char *value, char *err, size_t errsz);
+
+/* Reads `key = value` lines (# comments, blank lines). -1 with err naming
+ * the file, the line and the key on the first bad line. */
+int config_load_file(struct config *c, const char *path, char *err, size_t errsz);
+
+/* Cross-key checks after everything is set. */
+int config_validate(const struct config *c, char *err, size_t errsz);
+
+/* True if `key` names a setting (dashes or underscores). */
+bool config_has_key(const char *key);
+
+/* Prints every key with its default and help text, for --help. */
+void config_print_help(void *stream);
+
+#endif
