@@ -16,8 +16,8 @@ FUZZ_SECONDS ?= 60
 PKGS    := sqlite3 openssl libcjson
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wundef -Wno-unused-parameter
 CFLAGS  ?= -O2 -g
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -MMD -MP -Ispoa
-LDLIBS  := -lev -lm -lpthread
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -MMD -MP -Ispoa -Ibench $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  := -lev -lm -lpthread $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lsqlite3 -lcrypto -lcjson)
 
 ifeq ($(V),1)
 Q :=
@@ -26,16 +26,25 @@ Q := @
 endif
 
 SPOA_SRC := $(filter-out spoa/main.c,$(wildcard spoa/*.c))
-SPOA_OBJ := $(SPOA_SRC:%.c=$(BUILD)/%.o)
+SPOA_OBJ := $(SPOA_SRC:%.c=$(BUILD)/%.o) $(BUILD)/schema_sql.o
 WIRE_OBJ := $(BUILD)/bench/spopwire.o
 
-BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/fuzz_replay
+BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/test_daytime $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/fuzz_replay
 
 .PHONY: all test asan check fuzz bench install clean deps
 all: $(BINS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+# The SQL migrations are compiled into the binary.
+$(BUILD)/schema_sql.c: schema/embed.sh $(wildcard schema/[0-9][0-9][0-9]_*.sql)
+	@mkdir -p $(dir $@)
+	$(Q)sh schema/embed.sh > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/schema_sql.o: $(BUILD)/schema_sql.c
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
@@ -47,7 +56,11 @@ $(BUILD)/test_spop: $(BUILD)/tests/unit/test_spop.o $(SPOA_OBJ)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
-$(BUILD)/test_conn: $(BUILD)/tests/unit/test_conn.o $(SPOA_OBJ) $(WIRE_OBJ)
+$(BUILD)/test_daytime: $(BUILD)/tests/unit/test_daytime.o $(SPOA_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+$(BUILD)/test_engine: $(BUILD)/tests/unit/test_engine.o $(SPOA_OBJ)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
@@ -69,7 +82,7 @@ $(BUILD)/fuzz_replay: $(BUILD)/tests/fuzz/fuzz_frame.o $(BUILD)/tests/fuzz/repla
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 # libFuzzer build: clang only.
-$(BUILD)/fuzz_frame: tests/fuzz/fuzz_frame.c $(SPOA_SRC)
+$(BUILD)/fuzz_frame: tests/fuzz/fuzz_frame.c $(SPOA_SRC) $(BUILD)/schema_sql.c
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZ    $@")
 	$(Q)clang -std=c11 -D_GNU_SOURCE -g -O1 -Ispoa -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)

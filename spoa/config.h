@@ -17,11 +17,14 @@
 struct config {
 	char listen[CONFIG_STR_MAX];
 	char db[CONFIG_STR_MAX];
+	char secret_file[CONFIG_STR_MAX];
 	char port_file[CONFIG_STR_MAX];
 	char pid_file[CONFIG_STR_MAX];
 	char default_backend[CONFIG_STR_MAX];
 	char log_level[16];
 	bool log_syslog;
+	bool audit_log;
+	long db_poll_ms;
 	long max_connections;
 	long max_frame_size;
 	long hello_timeout_ms;

@@ -1,35 +1,549 @@
-/*
- * engine: decisions. Until the budget engine lands every llm-request is
- * allowed to the configured default backend.
- */
+/* engine: budget decisions and settlement (see engine.h). */
 #include "engine.h"
 
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "crypto.h"
+#include "daytime.h"
+#include "log.h"
+
+/* A max_tokens above this is treated as this: bounds the reservation a
+ * single request can make, whatever the client writes. */
+#define ENGINE_MAX_TOKENS_CAP 10000000
 
 struct engine {
 	const struct config *cfg;
+	struct policy *policy;
+	struct ledger *ledger;
+	struct batch *batch;
+	struct daytime_day today;
+	struct engine_stats stats;
 };
 
-struct engine *engine_new(const struct config *cfg)
+static const char *const action_names[ENGINE_ACTION_COUNT] = {"allow", "deny", "fallback"};
+static const char *const reason_names[ENGINE_REASON_COUNT] = {
+	"ok", "budget_tokens", "budget_requests", "budget_cost", "global_ceiling", "unknown_key", "bad_request",
+};
+
+const char *engine_action_str(enum engine_action a)
+{
+	return (unsigned)a < ENGINE_ACTION_COUNT ? action_names[a] : "?";
+}
+
+const char *engine_reason_str(enum engine_reason r)
+{
+	return (unsigned)r < ENGINE_REASON_COUNT ? reason_names[r] : "?";
+}
+
+static void roll_day(struct engine *e, double now)
+{
+	daytime_day_of((int64_t)now, &e->today);
+	if (ledger_set_today(e->ledger, e->today.index, e->today.str) == -1)
+		LOG_ERROR("more than %d days of reservations open: counters for %s cannot start", LEDGER_DAYS,
+			  e->today.str);
+}
+
+static void apply_zone(const struct policy *p)
+{
+	if (strcmp(daytime_zone(), p->time_zone) != 0 && daytime_set_zone(p->time_zone) == -1)
+		LOG_ERROR("settings.time_zone: unknown zone \"%s\"; days stay in %s", p->time_zone, daytime_zone());
+}
+
+struct engine *engine_new(const struct config *cfg, struct policy *policy, double now)
 {
 	struct engine *e = calloc(1, sizeof(*e));
 
 	if (!e)
 		return NULL;
 	e->cfg = cfg;
+	e->policy = policy;
+	e->ledger = ledger_new();
+	e->batch = batch_new();
+	if (!e->ledger || !e->batch) {
+		engine_free(e);
+		return NULL;
+	}
+	apply_zone(policy);
+	roll_day(e, now);
 	return e;
 }
 
 void engine_free(struct engine *e)
 {
+	if (!e)
+		return;
+	ledger_free(e->ledger);
+	batch_free(e->batch);
+	policy_free(e->policy);
 	free(e);
 }
 
-void engine_on_message(struct engine *e, const struct spop_msg *msg, struct ack *out)
+struct policy *engine_set_policy(struct engine *e, struct policy *p, double now)
 {
-	if (spop_str_eq(msg->name, "llm-request")) {
+	struct policy *old = e->policy;
+
+	e->policy = p;
+	if (strcmp(old->time_zone, p->time_zone) != 0) {
+		apply_zone(p);
+		roll_day(e, now);
+	}
+	return old;
+}
+
+const struct policy *engine_policy(const struct engine *e)
+{
+	return e->policy;
+}
+
+struct ledger *engine_ledger(struct engine *e)
+{
+	return e->ledger;
+}
+
+const struct engine_stats *engine_stats(const struct engine *e)
+{
+	return &e->stats;
+}
+
+/* --- arguments --------------------------------------------------------- */
+
+static struct spop_str arg_str(const struct spop_msg *m, const char *name)
+{
+	const struct spop_data *d = spop_msg_arg(m, name);
+	struct spop_str none = {NULL, 0};
+
+	if (!d || (d->type != SPOP_T_STR && d->type != SPOP_T_BIN))
+		return none;
+	return d->v.s;
+}
+
+/* An integer argument, or def when missing or not a number. HAProxy sends
+ * integers as INT64, but json_query may hand us a string. */
+static int64_t arg_int(const struct spop_msg *m, const char *name, int64_t def)
+{
+	const struct spop_data *d = spop_msg_arg(m, name);
+	char buf[24];
+
+	if (!d)
+		return def;
+	switch (d->type) {
+	case SPOP_T_INT32:
+	case SPOP_T_INT64:
+		return d->v.i;
+	case SPOP_T_UINT32:
+	case SPOP_T_UINT64:
+		return d->v.u > INT64_MAX ? INT64_MAX : (int64_t)d->v.u;
+	case SPOP_T_BOOL:
+		return d->v.b;
+	case SPOP_T_STR:
+		if (d->v.s.len == 0 || d->v.s.len >= sizeof(buf))
+			return def;
+		memcpy(buf, d->v.s.ptr, d->v.s.len);
+		buf[d->v.s.len] = '\0';
+		{
+			char *end;
+			long long v = strtoll(buf, &end, 10);
+
+			return *end ? def : v;
+		}
+	default:
+		return def;
+	}
+}
+
+static bool arg_bool(const struct spop_msg *m, const char *name)
+{
+	const struct spop_data *d = spop_msg_arg(m, name);
+
+	if (!d)
+		return false;
+	if (d->type == SPOP_T_BOOL)
+		return d->v.b;
+	if (d->type == SPOP_T_STR)
+		return spop_str_eq(d->v.s, "true") || spop_str_eq(d->v.s, "1");
+	return arg_int(m, name, 0) != 0;
+}
+
+/* --- audit -------------------------------------------------------------- */
+
+static struct batch_audit *audit_row(struct engine *e, double decided, const char *action,
+				     const char *reason, const char *outcome)
+{
+	struct batch_audit *a;
+
+	if (!e->cfg->audit_log)
+		return NULL;
+	a = batch_add_audit(e->batch);
+	if (!a) {
+		e->stats.audit_dropped++;
+		return NULL;
+	}
+	a->decided_ms = (int64_t)(decided * 1000.0);
+	a->tokens_in = a->tokens_out = -1;
+	a->status = a->latency_ms = -1;
+	batch_copy(a->action, sizeof(a->action), action, strlen(action));
+	batch_copy(a->reason, sizeof(a->reason), reason, strlen(reason));
+	batch_copy(a->outcome, sizeof(a->outcome), outcome, strlen(outcome));
+	return a;
+}
+
+static void audit_resv(struct engine *e, const struct ledger_resv *r, double now, const char *outcome,
+		       int64_t in, int64_t out, int64_t cost, int status)
+{
+	struct batch_audit *a = audit_row(e, r->created, "allow", "ok", outcome);
+
+	if (!a)
+		return;
+	batch_copy(a->uid, sizeof(a->uid), r->uid, r->uid_len);
+	batch_copy(a->user, sizeof(a->user), r->u->user, r->u->len);
+	batch_copy(a->route, sizeof(a->route), r->route, strlen(r->route));
+	batch_copy(a->model, sizeof(a->model), r->model, strlen(r->model));
+	batch_copy(a->provider, sizeof(a->provider), r->provider, strlen(r->provider));
+	a->tokens_estimated = r->est_in + r->est_out;
+	a->tokens_in = in;
+	a->tokens_out = out;
+	a->cost_nano = cost;
+	a->status = status;
+	a->latency_ms = (int32_t)llround((now - r->created) * 1000.0);
+}
+
+/* --- decisions ------------------------------------------------------------ */
+
+struct request {
+	struct spop_str uid, user, auth, path, model;
+	int64_t content_length, max_tokens;
+	bool stream;
+};
+
+/* "Bearer <key>" (any case, spaces around) -> the key. */
+static struct spop_str bearer_key(struct spop_str auth)
+{
+	struct spop_str k = {NULL, 0};
+	const uint8_t *p = auth.ptr, *end = auth.ptr + auth.len;
+
+	while (p < end && *p == ' ')
+		p++;
+	if (end - p < 7 || strncasecmp((const char *)p, "bearer ", 7) != 0)
+		return k;
+	p += 7;
+	while (p < end && *p == ' ')
+		p++;
+	while (end > p && (end[-1] == ' ' || end[-1] == '\r'))
+		end--;
+	k.ptr = p;
+	k.len = (size_t)(end - p);
+	return k;
+}
+
+/*
+ * Who is asking: the identity header set by the auth layer in front, else
+ * the API key. Writes the user id into user (NUL-terminated) and the tier
+ * an API key imposes into *tier. Returns false for an unknown, revoked or
+ * expired key (or no identity at all) that the policy refuses.
+ */
+static bool identify(struct engine *e, double now, const struct request *rq, char *user, size_t usersz,
+		     const struct policy_tier **tier, enum engine_reason *why)
+{
+	const struct policy *p = e->policy;
+	struct spop_str key;
+	char hmac[CRYPTO_HMAC_HEX_LEN + 1];
+	const struct policy_key *k;
+
+	*tier = NULL;
+	if (rq->user.len > 0) {
+		if (rq->user.len > LEDGER_USER_MAX) {
+			*why = ENGINE_BAD_REQUEST;
+			return false;
+		}
+		batch_copy(user, usersz, (const char *)rq->user.ptr, rq->user.len);
+		return true;
+	}
+	key = bearer_key(rq->auth);
+	if (key.len > 0) {
+		crypto_key_hmac((const char *)key.ptr, key.len, hmac);
+		k = policy_key(p, hmac);
+		if (k && !k->revoked && (k->expires_at == 0 || k->expires_at > (int64_t)now)) {
+			batch_copy(user, usersz, k->user_id, strlen(k->user_id));
+			*tier = k->tier;
+			return true;
+		}
+	}
+	/* Unknown, revoked, expired, or no key: the policy says what then. */
+	if (!p->unknown_key_tier) {
+		*why = ENGINE_UNKNOWN_KEY;
+		return false;
+	}
+	batch_copy(user, usersz, "anonymous", 9);
+	*tier = p->unknown_key_tier;
+	return true;
+}
+
+static void put_limits(struct ack *out, const struct policy_limits *lim, const struct ledger_usage *u,
+		       int64_t reset_s)
+{
+	if (lim->tokens >= 0) {
+		int64_t used = u ? u->tokens_in + u->tokens_out : 0, left = lim->tokens - used;
+
+		ack_set_int(out, "limit_tokens", lim->tokens);
+		ack_set_int(out, "remaining_tokens", left > 0 ? left : 0);
+	}
+	ack_set_int(out, "reset_s", reset_s);
+}
+
+/* Which limit, if any, the estimate would cross. */
+static enum engine_reason over_budget(const struct policy_limits *lim, const struct ledger_usage *u,
+				      int64_t tokens, int64_t cost)
+{
+	if (lim->requests >= 0 && (int64_t)u->requests + 1 > lim->requests)
+		return ENGINE_BUDGET_REQUESTS;
+	if (lim->tokens >= 0 && u->tokens_in + u->tokens_out + tokens > lim->tokens)
+		return ENGINE_BUDGET_TOKENS;
+	if (lim->cost_nano >= 0 && u->cost_nano + cost > lim->cost_nano)
+		return ENGINE_BUDGET_COST;
+	return ENGINE_OK;
+}
+
+static void refuse(struct engine *e, double now, const struct request *rq, const char *user,
+		   struct ledger_usage *u, enum engine_action action, enum engine_reason why,
+		   const struct policy_limits *lim, int64_t est, struct ack *out)
+{
+	int64_t reset_s = daytime_seconds_to_reset((int64_t)now);
+	struct batch_audit *a;
+
+	e->stats.decisions[action][why]++;
+	/* The decisive variable first: HAProxy stops at a malformed action. */
+	ack_set_cstr(out, "action", engine_action_str(action));
+	ack_set_cstr(out, "reason", engine_reason_str(why));
+	if (action == ENGINE_DENY) {
+		ack_set_int(out, "retry_after", reset_s);
+	} else {
+		ack_set_cstr(out, "fallback_text", e->policy->fallback_text);
+	}
+	if (lim)
+		put_limits(out, lim, u, reset_s);
+	if (u)
+		ledger_charge(e->ledger, u, 0, 0, 0, 0, action == ENGINE_DENY, action == ENGINE_FALLBACK);
+	a = audit_row(e, now, engine_action_str(action), engine_reason_str(why),
+		      action == ENGINE_DENY ? "refused" : "fallback");
+	if (a) {
+		batch_copy(a->uid, sizeof(a->uid), (const char *)rq->uid.ptr, rq->uid.len);
+		batch_copy(a->user, sizeof(a->user), user, strlen(user));
+		batch_copy(a->route, sizeof(a->route), (const char *)rq->path.ptr, rq->path.len);
+		batch_copy(a->model, sizeof(a->model), (const char *)rq->model.ptr, rq->model.len);
+		a->tokens_estimated = est;
+	}
+}
+
+static void decide(struct engine *e, double now, const struct spop_msg *msg, struct ack *out)
+{
+	const struct policy *p = e->policy;
+	struct request rq;
+	char user[LEDGER_USER_MAX + 1];
+	const struct policy_tier *tier_hint, *tier;
+	const struct policy_price *price;
+	struct policy_limits lim;
+	struct ledger_usage *u;
+	struct ledger_resv *r;
+	enum engine_reason why = ENGINE_OK;
+	int64_t est_in, est_out, est_cost, reset_s;
+	double in_price = 0, out_price = 0;
+
+	rq.uid = arg_str(msg, "unique_id");
+	rq.user = arg_str(msg, "user");
+	rq.auth = arg_str(msg, "auth");
+	rq.path = arg_str(msg, "path");
+	rq.model = arg_str(msg, "model");
+	rq.content_length = arg_int(msg, "content_length", 0);
+	rq.max_tokens = arg_int(msg, "max_tokens", 0);
+	rq.stream = arg_bool(msg, "stream");
+
+	if (!identify(e, now, &rq, user, sizeof(user), &tier_hint, &why)) {
+		refuse(e, now, &rq, "", NULL, ENGINE_DENY, why, NULL, 0, out);
+		return;
+	}
+	tier = policy_limits_of(p, user, strlen(user), tier_hint, &lim);
+	u = ledger_user(e->ledger, user, strlen(user), true);
+	if (!u) {
+		/* Out of memory: fail open, the same as HAProxy without us. */
+		LOG_ERROR("no memory for user counters: allowing without accounting");
 		ack_set_cstr(out, "action", "allow");
 		ack_set_cstr(out, "backend", e->cfg->default_backend);
 		ack_set_cstr(out, "reason", "ok");
+		return;
 	}
+
+	/* The estimate: about 4 bytes of JSON body per prompt token (an
+	 * overestimate, which is the safe side), plus the completion the
+	 * client allows itself. Bounded work whatever the prompt size. */
+	est_in = rq.content_length > 0 ? (rq.content_length + 3) / 4 : 0;
+	est_out = rq.max_tokens > 0 ? rq.max_tokens : p->default_max_tokens;
+	if (est_out > ENGINE_MAX_TOKENS_CAP)
+		est_out = ENGINE_MAX_TOKENS_CAP;
+	price = policy_price(p, (const char *)rq.model.ptr, rq.model.len);
+	if (price) {
+		in_price = price->in_nano_per_token;
+		out_price = price->out_nano_per_token;
+	}
+	est_cost = llround((double)est_in * in_price + (double)est_out * out_price);
+
+	if (p->global_ceiling_nano >= 0 && ledger_today_cost(e->ledger) >= p->global_ceiling_nano) {
+		refuse(e, now, &rq, user, u, p->global_ceiling_fallback ? ENGINE_FALLBACK : ENGINE_DENY,
+		       ENGINE_GLOBAL_CEILING, &lim, est_in + est_out, out);
+		return;
+	}
+	why = over_budget(&lim, u, est_in + est_out, est_cost);
+	if (why != ENGINE_OK) {
+		refuse(e, now, &rq, user, u, tier->over_budget_fallback ? ENGINE_FALLBACK : ENGINE_DENY, why, &lim,
+		       est_in + est_out, out);
+		return;
+	}
+
+	/* Allowed: charge the estimate now, correct it when the answer comes. */
+	e->stats.decisions[ENGINE_ALLOW][ENGINE_OK]++;
+	ledger_charge(e->ledger, u, est_in, est_out, est_cost, 1, 0, 0);
+	ack_set_cstr(out, "action", "allow");
+	ack_set_cstr(out, "backend", e->cfg->default_backend);
+	ack_set_cstr(out, "reason", "ok");
+	reset_s = daytime_seconds_to_reset((int64_t)now);
+	put_limits(out, &lim, u, reset_s);
+
+	r = ledger_reserve(e->ledger, u, (const char *)rq.uid.ptr, rq.uid.len, now);
+	if (!r) {
+		/* No unique-id (or a replay of one): nothing can settle it, so
+		 * the estimate is final. */
+		struct batch_audit *a = audit_row(e, now, "allow", "ok", "estimated");
+
+		e->stats.settled_estimate++;
+		if (a) {
+			batch_copy(a->uid, sizeof(a->uid), (const char *)rq.uid.ptr, rq.uid.len);
+			batch_copy(a->user, sizeof(a->user), user, strlen(user));
+			batch_copy(a->route, sizeof(a->route), (const char *)rq.path.ptr, rq.path.len);
+			batch_copy(a->model, sizeof(a->model), (const char *)rq.model.ptr, rq.model.len);
+			a->tokens_estimated = est_in + est_out;
+			a->cost_nano = est_cost;
+		}
+		return;
+	}
+	r->est_in = est_in;
+	r->est_out = est_out;
+	r->est_cost = est_cost;
+	r->in_price = in_price;
+	r->out_price = out_price;
+	batch_copy(r->model, sizeof(r->model), (const char *)rq.model.ptr, rq.model.len);
+	batch_copy(r->route, sizeof(r->route), (const char *)rq.path.ptr, rq.path.len);
+	batch_copy(r->provider, sizeof(r->provider), e->cfg->default_backend, strlen(e->cfg->default_backend));
+}
+
+/* The provider answered: replace the estimate with the real usage. */
+static void settle(struct engine *e, double now, const struct spop_msg *msg)
+{
+	struct spop_str uid = arg_str(msg, "unique_id");
+	struct ledger_resv *r = ledger_take(e->ledger, (const char *)uid.ptr, uid.len);
+	int64_t status, in, out, cost;
+	bool streamed;
+
+	if (!r) {
+		/* Settled already, expired, or never ours: changing anything
+		 * now would count twice. */
+		e->stats.late_responses++;
+		return;
+	}
+	status = arg_int(msg, "status", -1);
+	in = arg_int(msg, "prompt_tokens", -1);
+	out = arg_int(msg, "completion_tokens", -1);
+	streamed = arg_bool(msg, "streamed");
+	if (status >= 400 && in < 0 && out < 0) {
+		/* A failed call with no usage: providers do not bill it. */
+		in = out = 0;
+	} else if (streamed || status < 200 || in < 0 || out < 0) {
+		/* Streamed, or a body HAProxy could not read: keep the estimate. */
+		e->stats.settled_estimate++;
+		audit_resv(e, r, now, "estimated", r->est_in, r->est_out, r->est_cost, (int)status);
+		ledger_resv_free(e->ledger, r);
+		return;
+	}
+	cost = llround((double)in * r->in_price + (double)out * r->out_price);
+	ledger_charge(e->ledger, r->u, in - r->est_in, out - r->est_out, cost - r->est_cost, 0, 0, 0);
+	e->stats.settled++;
+	e->stats.tokens_charged += (uint64_t)(in + out);
+	e->stats.cost_nano_charged += (uint64_t)cost;
+	audit_resv(e, r, now, "settled", in, out, cost, (int)status);
+	ledger_resv_free(e->ledger, r);
+}
+
+void engine_on_message(struct engine *e, double now, const struct spop_msg *msg, struct ack *out)
+{
+	if (now >= (double)e->today.end)
+		engine_tick(e, now);
+	if (spop_str_eq(msg->name, "llm-request"))
+		decide(e, now, msg, out);
+	else if (spop_str_eq(msg->name, "llm-response"))
+		settle(e, now, msg);
+	else
+		e->stats.unknown_messages++;
+}
+
+static void expire(struct engine *e, struct ledger_resv *r, double now)
+{
+	e->stats.expired++;
+	audit_resv(e, r, now, "expired", r->est_in, r->est_out, r->est_cost, -1);
+	ledger_resv_free(e->ledger, r);
+}
+
+void engine_tick(struct engine *e, double now)
+{
+	struct ledger_resv *r;
+
+	if (now >= (double)e->today.end || now < (double)e->today.start)
+		roll_day(e, now);
+	while ((r = ledger_take_expired(e->ledger, now - (double)e->policy->reservation_ttl_s)))
+		expire(e, r, now);
+	ledger_evict(e->ledger);
+}
+
+void engine_expire_all(struct engine *e, double now)
+{
+	struct ledger_resv *r;
+
+	while ((r = ledger_take_expired(e->ledger, INFINITY)))
+		expire(e, r, now);
+}
+
+static void add_usage(const struct ledger_usage *u, void *arg)
+{
+	struct engine *e = arg;
+	struct batch_usage *b = batch_add_usage(e->batch);
+	const char *day = ledger_day_str(e->ledger, u->day);
+
+	if (!b || !day)
+		return;
+	memcpy(b->day, day, sizeof(b->day));
+	memcpy(b->user, u->user, (size_t)u->len + 1);
+	b->tokens_in = u->tokens_in;
+	b->tokens_out = u->tokens_out;
+	b->cost_nano = u->cost_nano;
+	b->requests = u->requests;
+	b->denials = u->denials;
+	b->fallbacks = u->fallbacks;
+}
+
+struct batch *engine_take_batch(struct engine *e)
+{
+	struct batch *b, *fresh;
+
+	if (ledger_dirty_count(e->ledger) == 0 && e->batch->naudit == 0)
+		return NULL;
+	fresh = batch_new();
+	if (!fresh)
+		return NULL; /* try again next time; nothing is lost */
+	ledger_flush_dirty(e->ledger, add_usage, e);
+	b = e->batch;
+	memcpy(b->current_day, e->today.str, sizeof(b->current_day));
+	e->batch = fresh;
+	return b;
 }

@@ -4,23 +4,84 @@
  * This is the only place the protocol code hands requests to: conn.c
  * decodes a NOTIFY and calls engine_on_message() once per message; the
  * engine answers by writing variables into the ACK. It does no I/O and
- * never blocks.
+ * never blocks: rules come from a policy snapshot, counters from the
+ * ledger, and what must be persisted is collected into batches that the
+ * caller hands to the store.
+ *
+ * Messages (arguments by name; any may be missing):
+ *   llm-request   unique_id user auth path method content_length model
+ *                 max_tokens stream client_ip
+ *   llm-response  unique_id status prompt_tokens completion_tokens streamed
+ *                 model backend
  */
 #ifndef TOKENGATE_ENGINE_H
 #define TOKENGATE_ENGINE_H
 
+#include <stdint.h>
+
 #include "ack.h"
+#include "batch.h"
 #include "config.h"
+#include "ledger.h"
+#include "policy.h"
 #include "spop.h"
+
+enum engine_action { ENGINE_ALLOW = 0, ENGINE_DENY, ENGINE_FALLBACK, ENGINE_ACTION_COUNT };
+
+enum engine_reason {
+	ENGINE_OK = 0,
+	ENGINE_BUDGET_TOKENS,
+	ENGINE_BUDGET_REQUESTS,
+	ENGINE_BUDGET_COST,
+	ENGINE_GLOBAL_CEILING,
+	ENGINE_UNKNOWN_KEY,
+	ENGINE_BAD_REQUEST,
+	ENGINE_REASON_COUNT
+};
+
+struct engine_stats {
+	uint64_t decisions[ENGINE_ACTION_COUNT][ENGINE_REASON_COUNT];
+	uint64_t settled;          /* real usage applied */
+	uint64_t settled_estimate; /* estimate kept (streamed, unreadable) */
+	uint64_t expired;          /* no response before the TTL */
+	uint64_t late_responses;   /* response for nothing open: ignored */
+	uint64_t tokens_charged;   /* settled tokens, in + out */
+	uint64_t cost_nano_charged;
+	uint64_t unknown_messages;
+	uint64_t audit_dropped; /* rows lost to allocation failure */
+};
 
 struct engine;
 
-/* Creates an engine for cfg (borrowed: must outlive the engine). NULL on
- * allocation failure. */
-struct engine *engine_new(const struct config *cfg);
+/* cfg is borrowed; policy is owned from now on. NULL on failure. */
+struct engine *engine_new(const struct config *cfg, struct policy *policy, double now);
 void engine_free(struct engine *e);
 
-/* Decides on one message. Unknown messages write nothing. */
-void engine_on_message(struct engine *e, const struct spop_msg *msg, struct ack *out);
+/* Swaps in a new policy snapshot; returns the old one for the caller to
+ * free (off the loop if it is large). */
+struct policy *engine_set_policy(struct engine *e, struct policy *p, double now);
+const struct policy *engine_policy(const struct engine *e);
+
+/* The ledger, to load today's counters at start. */
+struct ledger *engine_ledger(struct engine *e);
+
+/* Decides on one message. `now` is wall-clock Unix time. Unknown
+ * messages write nothing. */
+void engine_on_message(struct engine *e, double now, const struct spop_msg *msg, struct ack *out);
+
+/* Rolls the day over and settles expired reservations at their estimate.
+ * Call it about once a second. */
+void engine_tick(struct engine *e, double now);
+
+/* Settles every open reservation at its estimate (shutdown). */
+void engine_expire_all(struct engine *e, double now);
+
+/* What changed since the last call, or NULL if nothing did. The caller
+ * owns the batch. */
+struct batch *engine_take_batch(struct engine *e);
+
+const struct engine_stats *engine_stats(const struct engine *e);
+const char *engine_action_str(enum engine_action a);
+const char *engine_reason_str(enum engine_reason r);
 
 #endif

@@ -9,12 +9,16 @@
 
 #include "config.h"
 #include "conn.h"
+#include "crypto.h"
 #include "engine.h"
 #include "listener.h"
 #include "log.h"
+#include "store.h"
 
 #define TOKENGATE_VERSION "0.1.0"
 #define DRAIN_TIMEOUT_S 5.0
+#define FINAL_WRITE_WAIT_MS 5000
+#define TICK_S 1.0
 
 static struct {
 	int argc;
@@ -23,9 +27,10 @@ static struct {
 	struct config cfg;
 	struct conn_env env;
 	struct listener *listener;
+	struct store *store;
 	int stopping;
 	ev_signal sigterm, sigint, sighup;
-	ev_timer drain_timer;
+	ev_timer drain_timer, flush_timer, tick_timer;
 } g;
 
 static void usage(FILE *f)
@@ -124,6 +129,76 @@ static int write_file_atomic(const char *path, const char *text)
 	return rename(tmp, path);
 }
 
+/* With no --db: tokengate.db next to the config file, or here. */
+static void resolve_paths(struct config *c, const char *config_file)
+{
+	if (!c->db[0]) {
+		const char *slash = config_file ? strrchr(config_file, '/') : NULL;
+
+		if (slash)
+			snprintf(c->db, sizeof(c->db), "%.*s/tokengate.db", (int)(slash - config_file), config_file);
+		else
+			snprintf(c->db, sizeof(c->db), "tokengate.db");
+	}
+	if (!c->secret_file[0])
+		snprintf(c->secret_file, sizeof(c->secret_file), "%.*s.secret", (int)sizeof(c->secret_file) - 8, c->db);
+}
+
+/* Opens the secret and the database and loads what decisions need. */
+static struct engine *open_state(struct config *c, int default_secret, struct store **store, char *err,
+				 size_t errsz)
+{
+	struct policy *p;
+	struct engine *e;
+	struct ledger *l;
+
+	if (crypto_load_secret(c->secret_file, default_secret, err, errsz) == -1)
+		return NULL;
+	*store = store_open(c->db, err, errsz);
+	if (!*store)
+		return NULL;
+	p = store_load_policy(*store, err, errsz);
+	if (!p)
+		return NULL;
+	e = engine_new(c, p, ev_time());
+	if (!e) {
+		snprintf(err, errsz, "out of memory");
+		policy_free(p);
+		return NULL;
+	}
+	l = engine_ledger(e);
+	if (store_load_usage(*store, ledger_day_str(l, ledger_today(l)), l, err, errsz) == -1) {
+		engine_free(e);
+		return NULL;
+	}
+	return e;
+}
+
+static void on_policy(struct policy *p, void *arg)
+{
+	(void)arg;
+	store_dispose_policy(g.store, engine_set_policy(g.env.engine, p, ev_now(g.env.loop)));
+	LOG_INFO("rules reloaded from the database");
+}
+
+static void flush_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct batch *b = engine_take_batch(g.env.engine);
+
+	(void)revents;
+	if (b)
+		store_submit(g.store, b);
+	w->repeat = (double)engine_policy(g.env.engine)->flush_interval_ms / 1000.0;
+	ev_timer_again(loop, w);
+}
+
+static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)w;
+	(void)revents;
+	engine_tick(g.env.engine, ev_now(loop));
+}
+
 static void on_conn_free(void *arg)
 {
 	(void)arg;
@@ -185,7 +260,7 @@ static void reload_cb(struct ev_loop *loop, ev_signal *w, int revents)
 int main(int argc, char **argv)
 {
 	char err[512], num[32];
-	int check = 0;
+	int check = 0, default_secret;
 
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -203,8 +278,20 @@ int main(int argc, char **argv)
 		fprintf(stderr, "tokengate: configuration error: %s\n", err);
 		return 2;
 	}
+	default_secret = g.cfg.secret_file[0] == '\0';
+	resolve_paths(&g.cfg, g.config_file);
 	if (check) {
-		printf("tokengate: configuration OK\n");
+		struct store *s = NULL;
+		struct engine *e = open_state(&g.cfg, default_secret, &s, err, sizeof(err));
+
+		if (!e) {
+			fprintf(stderr, "tokengate: %s\n", err);
+			store_close(s, 0);
+			return 2;
+		}
+		engine_free(e);
+		store_close(s, 0);
+		printf("tokengate: configuration and database %s OK\n", g.cfg.db);
 		return 0;
 	}
 	log_threshold = (enum log_level)log_level_parse(g.cfg.log_level);
@@ -218,11 +305,13 @@ int main(int argc, char **argv)
 	}
 	g.env.cfg = &g.cfg;
 	g.env.on_free = on_conn_free;
-	g.env.engine = engine_new(&g.cfg);
+	g.env.engine = open_state(&g.cfg, default_secret, &g.store, err, sizeof(err));
 	if (!g.env.engine) {
-		fprintf(stderr, "tokengate: out of memory\n");
+		LOG_ERROR("%s", err);
 		return 1;
 	}
+	if (store_start(g.store, g.env.loop, g.cfg.db_poll_ms, on_policy, NULL) == -1)
+		return 1;
 	g.listener = listener_new(&g.env, g.cfg.listen, err, sizeof(err));
 	if (!g.listener) {
 		LOG_ERROR("%s", err);
@@ -247,6 +336,10 @@ int main(int argc, char **argv)
 	ev_signal_start(g.env.loop, &g.sigint);
 	ev_signal_start(g.env.loop, &g.sighup);
 	ev_timer_init(&g.drain_timer, drain_timeout_cb, DRAIN_TIMEOUT_S, 0.);
+	ev_timer_init(&g.flush_timer, flush_cb, 0., (double)engine_policy(g.env.engine)->flush_interval_ms / 1000.0);
+	ev_timer_again(g.env.loop, &g.flush_timer);
+	ev_timer_init(&g.tick_timer, tick_cb, TICK_S, TICK_S);
+	ev_timer_start(g.env.loop, &g.tick_timer);
 	LOG_INFO("tokengate %s listening on %s (port %d), default backend %s", TOKENGATE_VERSION,
 		 g.cfg.listen, listener_port(g.listener), g.cfg.default_backend);
 
@@ -254,7 +347,22 @@ int main(int argc, char **argv)
 
 	conn_free_all(&g.env);
 	listener_free(g.listener);
+	/* Whatever was never answered stays charged at its estimate. */
+	engine_expire_all(g.env.engine, ev_now(g.env.loop));
+	{
+		struct batch *b = engine_take_batch(g.env.engine);
+		size_t lost;
+
+		if (b)
+			store_submit(g.store, b);
+		lost = store_close(g.store, FINAL_WRITE_WAIT_MS);
+		if (lost) {
+			engine_free(g.env.engine);
+			return 1;
+		}
+	}
 	engine_free(g.env.engine);
+	crypto_forget();
 	ev_loop_destroy(g.env.loop);
 	if (g.cfg.pid_file[0])
 		unlink(g.cfg.pid_file);

@@ -11,6 +11,7 @@
 
 #include "ack.h"
 #include "config.h"
+#include "crypto.h"
 #include "engine.h"
 #include "spop.h"
 
@@ -26,7 +27,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (!engine) {
 		config_defaults(&cfg);
-		engine = engine_new(&cfg);
+		crypto_use_secret("fuzzing-secret-0123456789", 25);
+		engine = engine_new(&cfg, policy_new(), 1.8e9);
 	}
 	while (off < size) {
 		struct spop_frame f;
@@ -53,11 +55,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				struct ack a = {.p = out, .end = out + sizeof(out)};
 
 				while (p < end && spop_get_message(&p, end, &msg) == 0)
-					engine_on_message(engine, &msg, &a);
+					engine_on_message(engine, 1.8e9, &msg, &a);
 			}
 		}
 		free(frame);
 		off += 4 + (size_t)len;
 	}
+	batch_free(engine_take_batch(engine));
 	return 0;
 }

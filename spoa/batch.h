@@ -1,0 +1,62 @@
+/*
+ * batch: what the loop hands the store thread in one go: the current
+ * value of every user-day that changed, and the audit rows decided since
+ * the last batch. Plain copies: the store never touches loop memory.
+ */
+#ifndef TOKENGATE_BATCH_H
+#define TOKENGATE_BATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ledger.h"
+
+struct batch_usage {
+	char day[11];
+	char user[LEDGER_USER_MAX + 1];
+	int64_t tokens_in, tokens_out, cost_nano;
+	int64_t requests, denials, fallbacks;
+};
+
+struct batch_audit {
+	int64_t decided_ms;
+	int64_t tokens_estimated;
+	int64_t tokens_in, tokens_out; /* -1: unknown */
+	int64_t cost_nano;
+	int32_t status;     /* -1: none */
+	int32_t latency_ms; /* -1: none */
+	char action[12];
+	char reason[32];
+	char outcome[12];
+	char uid[LEDGER_UID_MAX + 1];
+	char user[LEDGER_USER_MAX + 1];
+	char route[96];
+	char model[64];
+	char provider[64];
+};
+
+struct batch {
+	struct batch_usage *usage;
+	size_t nusage, usage_cap;
+	struct batch_audit *audit;
+	size_t naudit, audit_cap;
+	char current_day[11];
+};
+
+struct batch *batch_new(void);
+void batch_free(struct batch *b);
+
+/* Appends a zeroed row and returns it, or NULL on allocation failure. */
+struct batch_usage *batch_add_usage(struct batch *b);
+struct batch_audit *batch_add_audit(struct batch *b);
+
+/* Moves src's rows into dst: usage rows of the same user-day keep the
+ * newest values (they are absolute), audit rows are appended. Used to
+ * merge a batch the database refused with the next one. src is freed.
+ * Returns -1 (src kept) on allocation failure. */
+int batch_merge(struct batch *dst, struct batch *src);
+
+/* Copies at most size-1 bytes and NUL-terminates. */
+void batch_copy(char *dst, size_t size, const char *src, size_t len);
+
+#endif

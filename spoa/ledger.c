@@ -1,0 +1,302 @@
+/* ledger: counters and reservations (see ledger.h). */
+#include "ledger.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "strmap.h"
+
+struct ledger_day {
+	bool used;
+	int32_t day;
+	char str[11];
+	size_t open;
+	struct strmap users;
+};
+
+struct ledger {
+	struct ledger_day days[LEDGER_DAYS];
+	int today; /* index in days, -1 before the first set_today */
+	int64_t today_cost;
+	struct strmap resv;
+	struct ledger_resv *oldest, *newest;
+	struct ledger_usage **dirty;
+	size_t ndirty, dirty_cap;
+};
+
+struct ledger *ledger_new(void)
+{
+	struct ledger *l = calloc(1, sizeof(*l));
+
+	if (l)
+		l->today = -1;
+	return l;
+}
+
+static void free_val(void *val, void *arg)
+{
+	(void)arg;
+	free(val);
+}
+
+static void day_free(struct ledger_day *d)
+{
+	strmap_each(&d->users, free_val, NULL);
+	strmap_clear(&d->users);
+	memset(d, 0, sizeof(*d));
+}
+
+void ledger_free(struct ledger *l)
+{
+	if (!l)
+		return;
+	while (l->oldest)
+		ledger_resv_free(l, ledger_take(l, l->oldest->uid, l->oldest->uid_len));
+	strmap_clear(&l->resv);
+	for (int i = 0; i < LEDGER_DAYS; i++)
+		day_free(&l->days[i]);
+	free(l->dirty);
+	free(l);
+}
+
+static struct ledger_day *find_day(const struct ledger *l, int32_t day)
+{
+	for (int i = 0; i < LEDGER_DAYS; i++)
+		if (l->days[i].used && l->days[i].day == day)
+			return (struct ledger_day *)&l->days[i];
+	return NULL;
+}
+
+int ledger_set_today(struct ledger *l, int32_t day, const char *str)
+{
+	struct ledger_day *d = find_day(l, day);
+
+	if (!d) {
+		ledger_evict(l);
+		for (int i = 0; i < LEDGER_DAYS && !d; i++)
+			if (!l->days[i].used)
+				d = &l->days[i];
+		if (!d)
+			return -1;
+		d->used = true;
+		d->day = day;
+		memcpy(d->str, str, 10);
+		d->str[10] = '\0';
+	}
+	l->today = (int)(d - l->days);
+	l->today_cost = 0;
+	for (size_t i = 0; i < d->users.cap; i++)
+		if (d->users.slots[i].key)
+			l->today_cost += ((struct ledger_usage *)d->users.slots[i].val)->cost_nano;
+	return 0;
+}
+
+int32_t ledger_today(const struct ledger *l)
+{
+	return l->today >= 0 ? l->days[l->today].day : -1;
+}
+
+const char *ledger_day_str(const struct ledger *l, int32_t day)
+{
+	const struct ledger_day *d = find_day(l, day);
+
+	return d ? d->str : NULL;
+}
+
+struct ledger_usage *ledger_user(struct ledger *l, const char *user, size_t len, bool create)
+{
+	struct ledger_day *d;
+	struct ledger_usage *u;
+
+	if (l->today < 0 || len > LEDGER_USER_MAX)
+		return NULL;
+	d = &l->days[l->today];
+	u = strmap_get(&d->users, user, len);
+	if (u || !create)
+		return u;
+	u = calloc(1, sizeof(*u) + len + 1);
+	if (!u)
+		return NULL;
+	u->day = d->day;
+	u->len = (uint8_t)len;
+	memcpy(u->user, user, len);
+	if (strmap_put(&d->users, u->user, len, u) == -1) {
+		free(u);
+		return NULL;
+	}
+	return u;
+}
+
+static void mark_dirty(struct ledger *l, struct ledger_usage *u)
+{
+	if (u->dirty)
+		return;
+	if (l->ndirty == l->dirty_cap) {
+		size_t cap = l->dirty_cap ? l->dirty_cap * 2 : 1024;
+		struct ledger_usage **nd = realloc(l->dirty, cap * sizeof(*nd));
+
+		if (!nd)
+			return; /* stays clean in the list's eyes; the next change retries */
+		l->dirty = nd;
+		l->dirty_cap = cap;
+	}
+	l->dirty[l->ndirty++] = u;
+	u->dirty = 1;
+}
+
+void ledger_charge(struct ledger *l, struct ledger_usage *u, int64_t d_in, int64_t d_out,
+		   int64_t d_cost, int d_requests, int d_denials, int d_fallbacks)
+{
+	u->tokens_in += d_in;
+	u->tokens_out += d_out;
+	u->cost_nano += d_cost;
+	u->requests += (uint32_t)d_requests;
+	u->denials += (uint32_t)d_denials;
+	u->fallbacks += (uint32_t)d_fallbacks;
+	if (l->today >= 0 && u->day == l->days[l->today].day)
+		l->today_cost += d_cost;
+	mark_dirty(l, u);
+}
+
+int64_t ledger_today_cost(const struct ledger *l)
+{
+	return l->today_cost;
+}
+
+int ledger_load(struct ledger *l, const char *user, int64_t tokens_in, int64_t tokens_out,
+		int64_t requests, int64_t cost_nano, int64_t denials, int64_t fallbacks)
+{
+	struct ledger_usage *u = ledger_user(l, user, strlen(user), true);
+
+	if (!u)
+		return -1;
+	u->tokens_in = tokens_in;
+	u->tokens_out = tokens_out;
+	u->requests = (uint32_t)requests;
+	u->cost_nano = cost_nano;
+	u->denials = (uint32_t)denials;
+	u->fallbacks = (uint32_t)fallbacks;
+	l->today_cost += cost_nano;
+	return 0;
+}
+
+struct ledger_resv *ledger_reserve(struct ledger *l, struct ledger_usage *u, const char *uid,
+				   size_t uid_len, double now)
+{
+	struct ledger_resv *r;
+	struct ledger_day *d;
+
+	if (uid_len == 0 || uid_len > LEDGER_UID_MAX || strmap_get(&l->resv, uid, uid_len))
+		return NULL;
+	r = calloc(1, sizeof(*r) + uid_len + 1);
+	if (!r)
+		return NULL;
+	r->u = u;
+	r->created = now;
+	r->uid_len = (uint16_t)uid_len;
+	memcpy(r->uid, uid, uid_len);
+	if (strmap_put(&l->resv, r->uid, uid_len, r) == -1) {
+		free(r);
+		return NULL;
+	}
+	r->prev = l->newest;
+	if (l->newest)
+		l->newest->next = r;
+	else
+		l->oldest = r;
+	l->newest = r;
+	u->open++;
+	d = find_day(l, u->day);
+	if (d)
+		d->open++;
+	return r;
+}
+
+static void unlink_resv(struct ledger *l, struct ledger_resv *r)
+{
+	struct ledger_day *d = find_day(l, r->u->day);
+
+	strmap_del(&l->resv, r->uid, r->uid_len);
+	if (r->prev)
+		r->prev->next = r->next;
+	else
+		l->oldest = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	else
+		l->newest = r->prev;
+	r->prev = r->next = NULL;
+	r->u->open--;
+	if (d)
+		d->open--;
+}
+
+struct ledger_resv *ledger_take(struct ledger *l, const char *uid, size_t uid_len)
+{
+	struct ledger_resv *r = strmap_get(&l->resv, uid, uid_len);
+
+	if (r)
+		unlink_resv(l, r);
+	return r;
+}
+
+struct ledger_resv *ledger_take_expired(struct ledger *l, double before)
+{
+	struct ledger_resv *r = l->oldest;
+
+	if (!r || r->created >= before)
+		return NULL;
+	unlink_resv(l, r);
+	return r;
+}
+
+void ledger_resv_free(struct ledger *l, struct ledger_resv *r)
+{
+	(void)l;
+	free(r);
+}
+
+size_t ledger_open_count(const struct ledger *l)
+{
+	return l->resv.count;
+}
+
+size_t ledger_user_count(const struct ledger *l)
+{
+	size_t n = 0;
+
+	for (int i = 0; i < LEDGER_DAYS; i++)
+		if (l->days[i].used)
+			n += l->days[i].users.count;
+	return n;
+}
+
+void ledger_flush_dirty(struct ledger *l, void (*fn)(const struct ledger_usage *u, void *arg),
+			void *arg)
+{
+	for (size_t i = 0; i < l->ndirty; i++) {
+		fn(l->dirty[i], arg);
+		l->dirty[i]->dirty = 0;
+	}
+	l->ndirty = 0;
+}
+
+size_t ledger_dirty_count(const struct ledger *l)
+{
+	return l->ndirty;
+}
+
+void ledger_evict(struct ledger *l)
+{
+	for (int i = 0; i < LEDGER_DAYS; i++) {
+		struct ledger_day *d = &l->days[i];
+		bool dirty = false;
+
+		if (!d->used || i == l->today || d->open > 0)
+			continue;
+		for (size_t k = 0; k < l->ndirty && !dirty; k++)
+			dirty = l->dirty[k]->day == d->day;
+		if (!dirty)
+			day_free(d);
+	}
+}

@@ -1,0 +1,751 @@
+/* store: SQLite, migrations, the writer thread (see store.h). */
+#include "store.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "daytime.h"
+#include "log.h"
+#include "schema.h"
+
+#define STORE_BUSY_TIMEOUT_MS 200
+#define STORE_RETRY_S 0.5
+#define STORE_PURGE_EVERY_S 60.0
+#define STORE_PURGE_BATCH 1000
+
+enum stmt_id {
+	ST_USAGE,
+	ST_AUDIT,
+	ST_STATE,
+	ST_BEGIN,
+	ST_COMMIT,
+	ST_ROLLBACK,
+	ST_PURGE,
+	ST_COUNT
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+	[ST_USAGE] = "INSERT INTO daily_usage(day, user_id, tokens_in, tokens_out, requests, cost_usd, denials, "
+		     "fallbacks, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
+		     "ON CONFLICT(day, user_id) DO UPDATE SET tokens_in = excluded.tokens_in, "
+		     "tokens_out = excluded.tokens_out, requests = excluded.requests, cost_usd = excluded.cost_usd, "
+		     "denials = excluded.denials, fallbacks = excluded.fallbacks, updated_at = excluded.updated_at",
+	[ST_AUDIT] = "INSERT INTO audit_log(decided_at, unique_id, user_id, route, model, provider, action, reason, "
+		     "tokens_estimated, tokens_in, tokens_out, cost_usd, status, latency_ms, outcome) "
+		     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+	[ST_STATE] = "INSERT INTO agent_state(name, value, updated_at) VALUES (?1, ?2, ?3) "
+		     "ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+	[ST_BEGIN] = "BEGIN IMMEDIATE",
+	[ST_COMMIT] = "COMMIT",
+	[ST_ROLLBACK] = "ROLLBACK",
+	[ST_PURGE] = "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE decided_at < ?1 "
+		     "ORDER BY id LIMIT ?2)",
+};
+
+struct store {
+	sqlite3 *db;
+	sqlite3_stmt *st[ST_COUNT];
+	pthread_t thread;
+	bool started;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	/* Under mu: */
+	struct batch *pending;   /* submitted batches, merged */
+	size_t pending_batches;
+	struct policy *ready;    /* for the loop */
+	struct policy *dispose;  /* chain through... a small array */
+	struct policy *dispose_list[8];
+	int ndispose;
+	bool stop;
+	long retention_days;
+	struct store_stats stats;
+	/* Writer thread only: */
+	struct batch *carried;   /* refused, to retry */
+	long poll_ms;
+	int64_t data_version;
+	ev_async async;
+	struct ev_loop *loop;
+	void (*on_policy)(struct policy *p, void *arg);
+	void *arg;
+};
+
+static double mono_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void set_error(struct store *s, const char *what)
+{
+	pthread_mutex_lock(&s->mu);
+	snprintf(s->stats.last_error, sizeof(s->stats.last_error), "%s: %s", what, sqlite3_errmsg(s->db));
+	s->stats.db_ok = 0;
+	pthread_mutex_unlock(&s->mu);
+}
+
+static int exec(sqlite3 *db, const char *sql, char *err, size_t errsz)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		snprintf(err, errsz, "%s", msg ? msg : sqlite3_errmsg(db));
+		sqlite3_free(msg);
+		return -1;
+	}
+	return 0;
+}
+
+static int64_t pragma_int(sqlite3 *db, const char *sql)
+{
+	sqlite3_stmt *st;
+	int64_t v = -1;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -1;
+	if (sqlite3_step(st) == SQLITE_ROW)
+		v = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return v;
+}
+
+static int migrate(sqlite3 *db, const char *path, char *err, size_t errsz)
+{
+	int64_t have = pragma_int(db, "PRAGMA user_version");
+	unsigned latest = schema_migration_count ? schema_migrations[schema_migration_count - 1].version : 0;
+	char sub[256], sql[64];
+
+	if (have < 0) {
+		snprintf(err, errsz, "db %s: cannot read user_version: %s", path, sqlite3_errmsg(db));
+		return -1;
+	}
+	if (have > (int64_t)latest) {
+		snprintf(err, errsz, "db %s: schema version %lld is newer than this tokengate knows (%u)", path,
+			 (long long)have, latest);
+		return -1;
+	}
+	for (unsigned i = 0; i < schema_migration_count; i++) {
+		const struct schema_migration *m = &schema_migrations[i];
+
+		if ((int64_t)m->version <= have)
+			continue;
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %u", m->version);
+		if (exec(db, "BEGIN IMMEDIATE", sub, sizeof(sub)) == -1 || exec(db, m->sql, sub, sizeof(sub)) == -1 ||
+		    exec(db, sql, sub, sizeof(sub)) == -1 || exec(db, "COMMIT", sub, sizeof(sub)) == -1) {
+			snprintf(err, errsz, "db %s: migration %s failed: %s", path, m->name, sub);
+			exec(db, "ROLLBACK", sub, sizeof(sub));
+			return -1;
+		}
+		LOG_INFO("db %s: applied migration %s", path, m->name);
+	}
+	return 0;
+}
+
+struct store *store_open(const char *path, char *err, size_t errsz)
+{
+	struct store *s = calloc(1, sizeof(*s));
+	char sub[256];
+
+	if (!s) {
+		snprintf(err, errsz, "db: out of memory");
+		return NULL;
+	}
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->cv, NULL);
+	s->retention_days = 30;
+	if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+			    NULL) != SQLITE_OK) {
+		snprintf(err, errsz, "db %s: %s", path, s->db ? sqlite3_errmsg(s->db) : "cannot open");
+		goto fail;
+	}
+	sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
+	/* WAL lets operators read (and the shell write) while we write;
+	 * NORMAL syncs at checkpoints only: a power loss may lose the last
+	 * transactions, a crash of this process loses nothing committed. */
+	if (exec(s->db, "PRAGMA journal_mode = WAL", sub, sizeof(sub)) == -1 ||
+	    exec(s->db, "PRAGMA synchronous = NORMAL", sub, sizeof(sub)) == -1) {
+		snprintf(err, errsz, "db %s: %s", path, sub);
+		goto fail;
+	}
+	if (migrate(s->db, path, err, errsz) == -1)
+		goto fail;
+	for (int i = 0; i < ST_COUNT; i++) {
+		if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
+		    SQLITE_OK) {
+			snprintf(err, errsz, "db %s: %s", path, sqlite3_errmsg(s->db));
+			goto fail;
+		}
+	}
+	s->data_version = pragma_int(s->db, "PRAGMA data_version");
+	s->stats.db_ok = 1;
+	return s;
+fail:
+	for (int i = 0; i < ST_COUNT; i++)
+		sqlite3_finalize(s->st[i]);
+	sqlite3_close(s->db);
+	pthread_mutex_destroy(&s->mu);
+	pthread_cond_destroy(&s->cv);
+	free(s);
+	return NULL;
+}
+
+/* --- loading ------------------------------------------------------------ */
+
+static int64_t col_limit(sqlite3_stmt *st, int col, int64_t if_null)
+{
+	if (sqlite3_column_type(st, col) == SQLITE_NULL)
+		return if_null;
+	return sqlite3_column_int64(st, col) < 0 ? 0 : sqlite3_column_int64(st, col);
+}
+
+static int64_t col_cost(sqlite3_stmt *st, int col, int64_t if_null)
+{
+	double d;
+
+	if (sqlite3_column_type(st, col) == SQLITE_NULL)
+		return if_null;
+	d = sqlite3_column_double(st, col);
+	return d <= 0 ? 0 : llround(d * 1e9);
+}
+
+static const char *col_text(sqlite3_stmt *st, int col)
+{
+	const unsigned char *t = sqlite3_column_text(st, col);
+
+	return t ? (const char *)t : "";
+}
+
+static int load_rows(struct store *s, struct policy *p, const char *sql, int kind, char *err, size_t errsz)
+{
+	sqlite3_stmt *st;
+	int rc, ret = 0;
+
+	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+		snprintf(err, errsz, "%s", sqlite3_errmsg(s->db));
+		return -1;
+	}
+	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		switch (kind) {
+		case 0:
+			ret = policy_set(p, col_text(st, 0), col_text(st, 1), err, errsz);
+			break;
+		case 1: {
+			struct policy_limits lim = {col_limit(st, 1, POLICY_UNLIMITED),
+						    col_limit(st, 2, POLICY_UNLIMITED),
+						    col_cost(st, 3, POLICY_UNLIMITED)};
+
+			ret = policy_add_tier(p, col_text(st, 0), lim, strcmp(col_text(st, 4), "fallback") == 0);
+			break;
+		}
+		case 2:
+			ret = policy_add_user(p, col_text(st, 0), col_text(st, 1), err, errsz);
+			break;
+		case 3: {
+			struct policy_limits lim = {col_limit(st, 1, POLICY_UNSET), col_limit(st, 2, POLICY_UNSET),
+						    col_cost(st, 3, POLICY_UNSET)};
+
+			ret = policy_add_override(p, col_text(st, 0), lim);
+			break;
+		}
+		case 4:
+			ret = policy_add_key(p, col_text(st, 0), col_text(st, 1),
+					     sqlite3_column_type(st, 2) == SQLITE_NULL ? NULL : col_text(st, 2),
+					     sqlite3_column_int64(st, 3), sqlite3_column_int(st, 4) != 0);
+			break;
+		case 5:
+			ret = policy_add_price(p, col_text(st, 0), sqlite3_column_double(st, 1),
+					       sqlite3_column_double(st, 2));
+			break;
+		}
+		if (ret == -1 && !err[0])
+			snprintf(err, errsz, "out of memory");
+	}
+	if (ret == 0 && rc != SQLITE_DONE) {
+		snprintf(err, errsz, "%s", sqlite3_errmsg(s->db));
+		ret = -1;
+	}
+	sqlite3_finalize(st);
+	return ret;
+}
+
+static struct policy *load_policy(struct store *s, char *err, size_t errsz)
+{
+	static const char *const queries[] = {
+		"SELECT name, value FROM settings",
+		"SELECT name, daily_tokens, daily_requests, daily_cost_usd, over_budget_action FROM tiers",
+		"SELECT user_id, tier FROM users",
+		"SELECT user_id, daily_tokens, daily_requests, daily_cost_usd FROM user_limits",
+		"SELECT key_hmac, user_id, tier, COALESCE(CAST(strftime('%s', expires_at) AS INTEGER), 0), "
+		"revoked_at IS NOT NULL FROM api_keys",
+		"SELECT model, input_usd_per_million, output_usd_per_million FROM model_prices",
+	};
+	struct policy *p = policy_new();
+	char sub[256];
+
+	err[0] = '\0';
+	if (!p) {
+		snprintf(err, errsz, "out of memory");
+		return NULL;
+	}
+	/* One read transaction: a consistent snapshot of every table. */
+	if (exec(s->db, "BEGIN", sub, sizeof(sub)) == -1) {
+		snprintf(err, errsz, "%s", sub);
+		policy_free(p);
+		return NULL;
+	}
+	for (int k = 0; k < 6; k++) {
+		if (load_rows(s, p, queries[k], k, err, errsz) == -1) {
+			exec(s->db, "ROLLBACK", sub, sizeof(sub));
+			policy_free(p);
+			return NULL;
+		}
+	}
+	exec(s->db, "COMMIT", sub, sizeof(sub));
+	if (policy_finish(p, err, errsz) == -1) {
+		policy_free(p);
+		return NULL;
+	}
+	return p;
+}
+
+struct policy *store_load_policy(struct store *s, char *err, size_t errsz)
+{
+	struct policy *p = load_policy(s, err, errsz);
+
+	if (p)
+		s->retention_days = p->audit_retention_days;
+	return p;
+}
+
+int store_load_usage(struct store *s, const char *day, struct ledger *l, char *err, size_t errsz)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (sqlite3_prepare_v2(s->db,
+			       "SELECT user_id, tokens_in, tokens_out, requests, cost_usd, denials, fallbacks "
+			       "FROM daily_usage WHERE day = ?1",
+			       -1, &st, NULL) != SQLITE_OK) {
+		snprintf(err, errsz, "%s", sqlite3_errmsg(s->db));
+		return -1;
+	}
+	sqlite3_bind_text(st, 1, day, -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (ledger_load(l, col_text(st, 0), sqlite3_column_int64(st, 1), sqlite3_column_int64(st, 2),
+				sqlite3_column_int64(st, 3), llround(sqlite3_column_double(st, 4) * 1e9),
+				sqlite3_column_int64(st, 5), sqlite3_column_int64(st, 6)) == -1) {
+			snprintf(err, errsz, "out of memory loading today's counters");
+			sqlite3_finalize(st);
+			return -1;
+		}
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		snprintf(err, errsz, "%s", sqlite3_errmsg(s->db));
+		return -1;
+	}
+	return 0;
+}
+
+/* --- writing ------------------------------------------------------------- */
+
+static void bind_text_or_null(sqlite3_stmt *st, int i, const char *t)
+{
+	if (t[0])
+		sqlite3_bind_text(st, i, t, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, i);
+}
+
+static void bind_int_or_null(sqlite3_stmt *st, int i, int64_t v)
+{
+	if (v >= 0)
+		sqlite3_bind_int64(st, i, v);
+	else
+		sqlite3_bind_null(st, i);
+}
+
+static int step_reset(sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+static void now_iso(char *buf, size_t size)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	daytime_iso_utc_ms((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, buf, size);
+}
+
+/* One transaction for the whole batch. 0, or -1 with everything rolled
+ * back. */
+static int write_batch(struct store *s, const struct batch *b)
+{
+	char now[32], when[32];
+
+	now_iso(now, sizeof(now));
+	if (step_reset(s->st[ST_BEGIN]) == -1)
+		return -1;
+	for (size_t i = 0; i < b->nusage; i++) {
+		const struct batch_usage *u = &b->usage[i];
+		sqlite3_stmt *st = s->st[ST_USAGE];
+
+		sqlite3_bind_text(st, 1, u->day, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, u->user, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 3, u->tokens_in);
+		sqlite3_bind_int64(st, 4, u->tokens_out);
+		sqlite3_bind_int64(st, 5, u->requests);
+		sqlite3_bind_double(st, 6, (double)u->cost_nano / 1e9);
+		sqlite3_bind_int64(st, 7, u->denials);
+		sqlite3_bind_int64(st, 8, u->fallbacks);
+		sqlite3_bind_text(st, 9, now, -1, SQLITE_STATIC);
+		if (step_reset(st) == -1)
+			goto fail;
+	}
+	for (size_t i = 0; i < b->naudit; i++) {
+		const struct batch_audit *a = &b->audit[i];
+		sqlite3_stmt *st = s->st[ST_AUDIT];
+
+		daytime_iso_utc_ms(a->decided_ms, when, sizeof(when));
+		sqlite3_bind_text(st, 1, when, -1, SQLITE_STATIC);
+		bind_text_or_null(st, 2, a->uid);
+		bind_text_or_null(st, 3, a->user);
+		bind_text_or_null(st, 4, a->route);
+		bind_text_or_null(st, 5, a->model);
+		bind_text_or_null(st, 6, a->provider);
+		sqlite3_bind_text(st, 7, a->action, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 8, a->reason, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 9, a->tokens_estimated);
+		bind_int_or_null(st, 10, a->tokens_in);
+		bind_int_or_null(st, 11, a->tokens_out);
+		sqlite3_bind_double(st, 12, (double)a->cost_nano / 1e9);
+		bind_int_or_null(st, 13, a->status);
+		bind_int_or_null(st, 14, a->latency_ms);
+		sqlite3_bind_text(st, 15, a->outcome, -1, SQLITE_STATIC);
+		if (step_reset(st) == -1)
+			goto fail;
+	}
+	if (b->current_day[0]) {
+		sqlite3_stmt *st = s->st[ST_STATE];
+
+		sqlite3_bind_text(st, 1, "current_day", -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, b->current_day, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
+		if (step_reset(st) == -1)
+			goto fail;
+		sqlite3_bind_text(st, 1, "last_flush_at", -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, now, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
+		if (step_reset(st) == -1)
+			goto fail;
+	}
+	if (step_reset(s->st[ST_COMMIT]) == -1)
+		goto fail;
+	return 0;
+fail:
+	set_error(s, "write");
+	step_reset(s->st[ST_ROLLBACK]);
+	return -1;
+}
+
+static size_t batch_rows(const struct batch *b)
+{
+	return b ? b->nusage + b->naudit : 0;
+}
+
+/* Writes carried (merged with what just came); keeps it on failure. */
+static void flush_carried(struct store *s)
+{
+	double t0 = mono_now(), ms;
+	int rc = write_batch(s, s->carried);
+
+	ms = (mono_now() - t0) * 1000.0;
+	pthread_mutex_lock(&s->mu);
+	if (rc == 0) {
+		s->stats.flushes++;
+		s->stats.usage_rows += s->carried->nusage;
+		s->stats.audit_rows += s->carried->naudit;
+		s->stats.last_flush_ms = ms;
+		s->stats.flush_ms_total += ms;
+		if (!s->stats.db_ok)
+			LOG_INFO("db: writes work again; %zu rows written", batch_rows(s->carried));
+		s->stats.db_ok = 1;
+	} else {
+		if (s->stats.flush_errors++ % 20 == 0)
+			LOG_ERROR("db: write refused, %zu rows kept for retry: %s", batch_rows(s->carried),
+				  s->stats.last_error);
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (rc == 0) {
+		batch_free(s->carried);
+		s->carried = NULL;
+	}
+}
+
+static void purge(struct store *s, long days)
+{
+	char cutoff[32];
+	struct timespec ts;
+	int64_t total = 0;
+	int n;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	/* Retention 0 keeps nothing older than now. */
+	daytime_iso_utc_ms(((int64_t)ts.tv_sec - (int64_t)days * 86400) * 1000 + ts.tv_nsec / 1000000, cutoff,
+			   sizeof(cutoff));
+	do {
+		sqlite3_stmt *st = s->st[ST_PURGE];
+
+		sqlite3_bind_text(st, 1, cutoff, -1, SQLITE_STATIC);
+		sqlite3_bind_int(st, 2, STORE_PURGE_BATCH);
+		if (step_reset(st) == -1) {
+			set_error(s, "purge");
+			break;
+		}
+		n = sqlite3_changes(s->db);
+		total += n;
+	} while (n == STORE_PURGE_BATCH);
+	if (total > 0) {
+		pthread_mutex_lock(&s->mu);
+		s->stats.audit_purged += (uint64_t)total;
+		pthread_mutex_unlock(&s->mu);
+		LOG_INFO("audit: purged %lld rows older than %ld days", (long long)total, days);
+	}
+}
+
+static void check_changes(struct store *s)
+{
+	int64_t v = pragma_int(s->db, "PRAGMA data_version");
+	struct policy *p;
+	char err[256];
+
+	if (v == s->data_version)
+		return;
+	s->data_version = v;
+	p = load_policy(s, err, sizeof(err));
+	pthread_mutex_lock(&s->mu);
+	if (!p) {
+		s->stats.policy_errors++;
+		snprintf(s->stats.last_error, sizeof(s->stats.last_error), "policy: %.140s", err);
+		pthread_mutex_unlock(&s->mu);
+		LOG_ERROR("db changed but the new rules cannot be used, keeping the old ones: %s", err);
+		return;
+	}
+	s->stats.policy_loads++;
+	s->retention_days = p->audit_retention_days;
+	/* An unconsumed older policy is replaced by this newer one. */
+	if (s->ready)
+		policy_free(s->ready);
+	s->ready = p;
+	pthread_mutex_unlock(&s->mu);
+	ev_async_send(s->loop, &s->async);
+}
+
+static void *writer_main(void *arg)
+{
+	struct store *s = arg;
+	double next_poll = 0, next_purge = 0, next_retry = 0;
+
+	pthread_mutex_lock(&s->mu);
+	for (;;) {
+		struct batch *got;
+		struct policy *dispose[8];
+		int ndispose;
+		long retention;
+		bool stop;
+		double now = mono_now();
+		struct timespec until;
+
+		if (!s->pending && s->ndispose == 0 && !s->stop) {
+			double wait = next_poll - now;
+
+			if (s->carried && next_retry - now < wait)
+				wait = next_retry - now;
+			if (wait > 0) {
+				clock_gettime(CLOCK_REALTIME, &until);
+				until.tv_sec += (time_t)wait;
+				until.tv_nsec += (long)((wait - floor(wait)) * 1e9);
+				if (until.tv_nsec >= 1000000000L) {
+					until.tv_sec++;
+					until.tv_nsec -= 1000000000L;
+				}
+				pthread_cond_timedwait(&s->cv, &s->mu, &until);
+			}
+		}
+		got = s->pending;
+		s->pending = NULL;
+		s->pending_batches = 0;
+		ndispose = s->ndispose;
+		memcpy(dispose, s->dispose_list, sizeof(dispose));
+		s->ndispose = 0;
+		retention = s->retention_days;
+		stop = s->stop;
+		pthread_mutex_unlock(&s->mu);
+
+		for (int i = 0; i < ndispose; i++)
+			policy_free(dispose[i]);
+		if (got) {
+			if (!s->carried) {
+				s->carried = got;
+			} else if (batch_merge(s->carried, got) == -1) {
+				LOG_ERROR("db: out of memory merging batches; %zu rows lost", batch_rows(got));
+				batch_free(got);
+			}
+		}
+		now = mono_now();
+		if (s->carried && (got || now >= next_retry || stop)) {
+			flush_carried(s);
+			if (s->carried)
+				next_retry = now + STORE_RETRY_S;
+		}
+		if (stop)
+			break;
+		if (now >= next_poll) {
+			check_changes(s);
+			next_poll = now + (double)s->poll_ms / 1000.0;
+		}
+		if (now >= next_purge) {
+			purge(s, retention);
+			next_purge = now + STORE_PURGE_EVERY_S;
+		}
+		pthread_mutex_lock(&s->mu);
+		s->stats.pending_rows = batch_rows(s->carried) + batch_rows(s->pending);
+	}
+	return NULL;
+}
+
+static void async_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	struct store *s = (struct store *)((char *)w - offsetof(struct store, async));
+	struct policy *p;
+
+	(void)loop;
+	(void)revents;
+	pthread_mutex_lock(&s->mu);
+	p = s->ready;
+	s->ready = NULL;
+	pthread_mutex_unlock(&s->mu);
+	if (p)
+		s->on_policy(p, s->arg);
+}
+
+int store_start(struct store *s, struct ev_loop *loop, long poll_ms,
+		void (*on_policy)(struct policy *p, void *arg), void *arg)
+{
+	s->loop = loop;
+	s->poll_ms = poll_ms;
+	s->on_policy = on_policy;
+	s->arg = arg;
+	ev_async_init(&s->async, async_cb);
+	ev_async_start(loop, &s->async);
+	/* The loop must not stay alive for this watcher alone. */
+	ev_unref(loop);
+	if (pthread_create(&s->thread, NULL, writer_main, s) != 0) {
+		LOG_ERROR("db: cannot start the writer thread: %s", strerror(errno));
+		return -1;
+	}
+	s->started = true;
+	return 0;
+}
+
+void store_submit(struct store *s, struct batch *b)
+{
+	pthread_mutex_lock(&s->mu);
+	if (!s->pending) {
+		s->pending = b;
+	} else if (batch_merge(s->pending, b) == -1) {
+		LOG_ERROR("db: out of memory queueing a batch; %zu rows lost", batch_rows(b));
+		batch_free(b);
+	}
+	s->pending_batches++;
+	s->stats.pending_rows = batch_rows(s->carried) + batch_rows(s->pending);
+	pthread_cond_signal(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+}
+
+void store_dispose_policy(struct store *s, struct policy *p)
+{
+	pthread_mutex_lock(&s->mu);
+	if (s->ndispose < 8) {
+		s->dispose_list[s->ndispose++] = p;
+		p = NULL;
+		pthread_cond_signal(&s->cv);
+	}
+	pthread_mutex_unlock(&s->mu);
+	policy_free(p); /* the list is full: free it here */
+}
+
+void store_set_retention(struct store *s, long days)
+{
+	pthread_mutex_lock(&s->mu);
+	s->retention_days = days;
+	pthread_mutex_unlock(&s->mu);
+}
+
+void store_get_stats(struct store *s, struct store_stats *out)
+{
+	pthread_mutex_lock(&s->mu);
+	*out = s->stats;
+	out->pending_batches = s->pending_batches;
+	pthread_mutex_unlock(&s->mu);
+}
+
+size_t store_close(struct store *s, long final_wait_ms)
+{
+	size_t lost = 0;
+	double deadline = mono_now() + (double)final_wait_ms / 1000.0;
+
+	if (!s)
+		return 0;
+	if (s->started) {
+		pthread_mutex_lock(&s->mu);
+		s->stop = true;
+		pthread_cond_signal(&s->cv);
+		pthread_mutex_unlock(&s->mu);
+		pthread_join(s->thread, NULL);
+		ev_ref(s->loop);
+		ev_async_stop(s->loop, &s->async);
+	}
+	/* The thread is gone: what is left is ours to retry until the
+	 * deadline (a lock held by another process may clear). */
+	if (s->pending) {
+		if (!s->carried)
+			s->carried = s->pending;
+		else if (batch_merge(s->carried, s->pending) == -1)
+			batch_free(s->pending);
+		s->pending = NULL;
+	}
+	while (s->carried) {
+		flush_carried(s);
+		if (!s->carried || mono_now() >= deadline)
+			break;
+		nanosleep(&(struct timespec){0, 100000000L}, NULL);
+	}
+	lost = batch_rows(s->carried);
+	if (lost)
+		LOG_ERROR("db: %zu rows could not be written before exit: %s", lost, s->stats.last_error);
+	batch_free(s->carried);
+	policy_free(s->ready);
+	for (int i = 0; i < s->ndispose; i++)
+		policy_free(s->dispose_list[i]);
+	for (int i = 0; i < ST_COUNT; i++)
+		sqlite3_finalize(s->st[i]);
+	sqlite3_close(s->db);
+	pthread_mutex_destroy(&s->mu);
+	pthread_cond_destroy(&s->cv);
+	free(s);
+	return lost;
+}

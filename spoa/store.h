@@ -1,0 +1,84 @@
+/*
+ * store: the SQLite side. The only file that includes sqlite3.h.
+ *
+ * At start, on the caller's thread: open the database (WAL,
+ * synchronous=NORMAL), apply the embedded migrations, load the policy
+ * and today's counters. Then one writer thread owns the connection:
+ *
+ *   - batches from the loop (store_submit) are written one transaction
+ *     each; a batch the database refuses (locked, read-only, full) is
+ *     kept, merged with the next ones and retried, so nothing is lost
+ *     once the condition clears;
+ *   - every poll interval it reads PRAGMA data_version, and when another
+ *     process changed the database it loads a fresh policy and hands it
+ *     to the loop through an ev_async (store_start's on_policy);
+ *   - it purges audit rows older than the retention, in bounded batches.
+ *
+ * The loop thread never waits on SQLite: store_submit only takes a mutex
+ * for a pointer swap.
+ */
+#ifndef TOKENGATE_STORE_H
+#define TOKENGATE_STORE_H
+
+#include <ev.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "batch.h"
+#include "ledger.h"
+#include "policy.h"
+
+struct store_stats {
+	uint64_t flushes;          /* transactions committed */
+	uint64_t flush_errors;     /* transactions refused */
+	uint64_t usage_rows;       /* user-day rows written */
+	uint64_t audit_rows;       /* audit rows written */
+	uint64_t audit_purged;     /* audit rows deleted by retention */
+	uint64_t policy_loads;     /* policies loaded after a change */
+	uint64_t policy_errors;    /* changes that could not be loaded */
+	double last_flush_ms;      /* writer time of the last transaction */
+	double flush_ms_total;
+	size_t pending_batches;    /* submitted, not yet written */
+	size_t pending_rows;       /* rows waiting, retries included */
+	int db_ok;                 /* the last write or load worked */
+	char last_error[160];
+};
+
+struct store;
+
+/* Opens (creating if needed) and migrates the database. NULL with err. */
+struct store *store_open(const char *path, char *err, size_t errsz);
+
+/* Loads the policy (settings, tiers, users, overrides, keys, prices).
+ * Before store_start only. NULL with err. */
+struct policy *store_load_policy(struct store *s, char *err, size_t errsz);
+
+/* Loads the counters of `day` ("YYYY-MM-DD") into the ledger, whose
+ * current day must be that day. Before store_start only. */
+int store_load_usage(struct store *s, const char *day, struct ledger *l, char *err, size_t errsz);
+
+/*
+ * Starts the writer thread. on_policy runs on the loop thread with a new
+ * policy it then owns. poll_ms is how often data_version is read.
+ */
+int store_start(struct store *s, struct ev_loop *loop, long poll_ms,
+		void (*on_policy)(struct policy *p, void *arg), void *arg);
+
+/* Hands a batch to the writer (owned by the store from now on). */
+void store_submit(struct store *s, struct batch *b);
+
+/* Frees a policy on the writer thread (a large one takes a while). */
+void store_dispose_policy(struct store *s, struct policy *p);
+
+/* Sets how many days of audit rows to keep (0 = purge everything at the
+ * next cycle); from the policy. */
+void store_set_retention(struct store *s, long days);
+
+void store_get_stats(struct store *s, struct store_stats *out);
+
+/* Writes what is pending (retrying a refused batch for up to
+ * final_wait_ms), stops the thread, closes the database, frees s.
+ * Returns the number of rows that could not be written. */
+size_t store_close(struct store *s, long final_wait_ms);
+
+#endif

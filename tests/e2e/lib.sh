@@ -1,0 +1,463 @@
+# tests/e2e/lib.sh: shared code of the end-to-end tests (POSIX sh, sourced).
+# shellcheck shell=sh
+# shellcheck disable=SC2034  # variables set here are read by the tests
+#
+# A test is a script in tests/e2e/ that does
+#
+#     . "$(dirname "$0")/lib.sh"
+#     tg_start_mock primary ok || tg_bail "mock provider did not start"
+#     tg_start_agent           || tg_bail "agent did not start"
+#     tg_start_haproxy         || tg_bail "haproxy did not start"
+#     tg_chat -H 'x-user: alice'
+#     tg_assert_eq 200 "$TG_STATUS" "chat completion answered"
+#     tg_done
+#
+# and prints one "ok - ..." / "not ok - ..." line per assertion, then
+# "N passed, N failed"; its exit status is non-zero when anything failed.
+#
+# Every process is started in the background with its PID recorded, and
+# stopped by that PID (TERM, then KILL after a bound) when the test exits,
+# fails or is interrupted. Every wait is bounded. Only loopback addresses.
+#
+# Environment:
+#   TG_AGENT_BIN    agent to start (default: build/tokengate). It is run as
+#                   $TG_AGENT_BIN --listen 127.0.0.1:0 --port-file F
+#                   --pid-file P --db DIR/tokengate.db [tg_start_agent args]
+#   TG_AGENT_PORT   when set, no agent is started: the tests use the agent
+#                   already listening on 127.0.0.1:$TG_AGENT_PORT (e.g. one
+#                   running under gdb). The SPOE processing timeout then
+#                   defaults to 60s so that breakpoints do not turn into
+#                   fail-open answers, and tests that must stop the agent
+#                   are skipped.
+#   TG_KEEP_TMP     1: keep the test's temporary directory (logs, pid and
+#                   port files, bodies) even when everything passed. It is
+#                   always kept, and its path printed, when something failed.
+#   TG_MOCK_BIN     mock provider script (default: tests/mock_provider.py),
+#                   run with /usr/bin/python3 (or $TG_PYTHON)
+#   TG_HAPROXY_BIN  haproxy binary (default: haproxy from PATH)
+#   TG_SPOPRAW_BIN  raw SPOP client (default: build/spopraw)
+#   TG_WAIT_S       bound, in seconds, of each startup wait (default: 10)
+#   TG_FAIL_MODE, TG_SPOE_PROCESSING_TIMEOUT, TG_BUFSIZE
+#                   passed through to haproxy.cfg (see its global section)
+#   TMPDIR          where the temporary directory is created (default /tmp)
+#
+# Variables set for the tests:
+#   TG_ROOT              repository root
+#   TG_TMP               this test's temporary directory
+#   TG_MOCK_PORT_<name>  port of the mock provider started as <name>
+#   TG_AGENT_PORT        agent port; TG_AGENT_PID its PID (started here only)
+#   TG_FRONTEND_PORT, TG_URL   HAProxy's frontend
+#   TG_HAPROXY_SOCK      HAProxy's admin socket; TG_HAPROXY_PID its PID
+#   TG_STATUS, TG_TIME, TG_HDRS, TG_BODY   result of the last tg_request
+
+# ---- Setup ------------------------------------------------------------------
+
+# The sourcing script lives in tests/e2e/.
+TG_ROOT=${TG_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
+TG_PYTHON=${TG_PYTHON:-/usr/bin/python3}
+TG_HAPROXY_BIN=${TG_HAPROXY_BIN:-haproxy}
+TG_MOCK_BIN=${TG_MOCK_BIN:-$TG_ROOT/tests/mock_provider.py}
+TG_WAIT_S=${TG_WAIT_S:-10}
+TG_AGENT_EXTERNAL=${TG_AGENT_PORT:+1}
+
+TG_PASSED=0
+TG_FAILED=0
+TG__PIDS=""           # "pid:name pid:name ...", in start order
+TG__PORTS=""          # ports handed out by tg_free_port
+TG__CLEANED=""
+
+TG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/tokengate-e2e.$(basename "$0" .sh).XXXXXX") || {
+	echo "Bail out! cannot create a temporary directory" >&2
+	exit 1
+}
+TG_HDRS=$TG_TMP/last.headers
+TG_BODY=$TG_TMP/last.body
+
+tg__on_exit() { # EXIT-STATUS
+	[ -n "$TG__CLEANED" ] && return 0
+	TG__CLEANED=1
+	tg_stop_all
+	if [ "${TG_KEEP_TMP:-0}" = 1 ] || [ "$TG_FAILED" -gt 0 ] || [ "$1" -ne 0 ]; then
+		echo "# kept $TG_TMP"
+	else
+		rm -rf "$TG_TMP"
+	fi
+}
+trap 'tg__on_exit $?' EXIT
+trap 'echo "Bail out! interrupted"; tg__on_exit 130; trap - EXIT; exit 130' INT
+trap 'echo "Bail out! terminated"; tg__on_exit 143; trap - EXIT; exit 143' TERM
+
+# ---- Assertions -------------------------------------------------------------
+
+tg_ok() {
+	TG_PASSED=$((TG_PASSED + 1))
+	echo "ok - $1"
+}
+
+# tg_fail MESSAGE [DETAIL...]: DETAIL lines are printed as "# " comments.
+tg_fail() {
+	TG_FAILED=$((TG_FAILED + 1))
+	echo "not ok - $1"
+	shift
+	for tg__l in "$@"; do
+		echo "#   $tg__l"
+	done
+}
+
+tg_skip() {
+	echo "ok - # SKIP $1"
+}
+
+tg_assert_eq() { # EXPECTED ACTUAL MESSAGE
+	if [ "$1" = "$2" ]; then
+		tg_ok "$3"
+	else
+		tg_fail "$3" "expected: '$1'" "got:      '$2'"
+	fi
+}
+
+tg_assert_match() { # SHELL-PATTERN ACTUAL MESSAGE
+	# shellcheck disable=SC2254
+	case $2 in
+	$1) tg_ok "$3" ;;
+	*) tg_fail "$3" "expected to match: '$1'" "got: '$2'" ;;
+	esac
+}
+
+tg_assert_lt() { # ACTUAL LIMIT MESSAGE (decimal numbers, e.g. seconds)
+	if awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 < b + 0) }'; then
+		tg_ok "$3"
+	else
+		tg_fail "$3" "expected below $2, got $1"
+	fi
+}
+
+# tg_done: the summary line; returns non-zero if anything failed (or if no
+# assertion ran at all).
+tg_done() {
+	echo "$TG_PASSED passed, $TG_FAILED failed"
+	[ "$TG_FAILED" -eq 0 ] && [ "$TG_PASSED" -gt 0 ]
+}
+
+# tg_bail MESSAGE: give up on this test (a prerequisite failed); logs of what
+# was started are shown, processes are stopped by the EXIT trap.
+tg_bail() {
+	tg_fail "$1"
+	for tg__f in "$TG_TMP"/*.log; do
+		[ -f "$tg__f" ] || continue
+		echo "# ---- last lines of $tg__f"
+		tail -n 20 "$tg__f" | sed 's/^/#   /'
+	done
+	tg_done
+	exit 1
+}
+
+# ---- Processes --------------------------------------------------------------
+
+tg__track() { # PID NAME
+	TG__PIDS="$TG__PIDS $1:$2"
+}
+
+tg__untrack() { # PID
+	tg__keep=""
+	for tg__e in $TG__PIDS; do
+		[ "${tg__e%%:*}" = "$1" ] || tg__keep="$tg__keep $tg__e"
+	done
+	TG__PIDS=$tg__keep
+}
+
+# tg_alive PID: the process exists and is not a zombie.
+tg_alive() {
+	kill -0 "$1" 2>/dev/null || return 1
+	case $(ps -o stat= -p "$1" 2>/dev/null) in
+	Z* | "") return 1 ;;
+	esac
+	return 0
+}
+
+# tg_stop_pid PID: TERM, up to 5s to exit, then KILL; reaps it if it is ours.
+tg_stop_pid() {
+	tg__pid=$1
+	if tg_alive "$tg__pid"; then
+		kill -TERM "$tg__pid" 2>/dev/null
+		tg__i=0
+		while tg_alive "$tg__pid" && [ "$tg__i" -lt 50 ]; do
+			sleep 0.1
+			tg__i=$((tg__i + 1))
+		done
+		if tg_alive "$tg__pid"; then
+			echo "# pid $tg__pid ignored TERM for 5s, sending KILL" >&2
+			kill -KILL "$tg__pid" 2>/dev/null
+			tg__i=0
+			while tg_alive "$tg__pid" && [ "$tg__i" -lt 20 ]; do
+				sleep 0.1
+				tg__i=$((tg__i + 1))
+			done
+		fi
+	fi
+	# Reap it if it is our child (never blocks: it is gone by now, or
+	# unkillable and then left alone).
+	tg_alive "$tg__pid" || wait "$tg__pid" 2>/dev/null
+	tg__untrack "$tg__pid"
+	return 0
+}
+
+# tg_stop_all: stop everything started here, last started first.
+tg_stop_all() {
+	tg__rev=""
+	for tg__e in $TG__PIDS; do
+		tg__rev="$tg__e $tg__rev"
+	done
+	for tg__e in $tg__rev; do
+		tg_stop_pid "${tg__e%%:*}"
+	done
+	TG__PIDS=""
+}
+
+# tg_free_port: print a TCP port that is free on 127.0.0.1 right now (the
+# kernel picks it), never the same twice in one test.
+tg_free_port() {
+	tg__n=0
+	while [ "$tg__n" -lt 20 ]; do
+		tg__p=$("$TG_PYTHON" -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])') || return 1
+		case " $TG__PORTS " in
+		*" $tg__p "*) tg__n=$((tg__n + 1)) ;;
+		*)
+			TG__PORTS="$TG__PORTS $tg__p"
+			echo "$tg__p"
+			return 0
+			;;
+		esac
+	done
+	return 1
+}
+
+# tg__wait_port_file FILE PID: wait (bounded) for FILE to hold a port number
+# while PID is alive; prints the port.
+tg__wait_port_file() {
+	tg__i=0
+	while [ "$tg__i" -lt $((TG_WAIT_S * 10)) ]; do
+		if [ -s "$1" ]; then
+			tg__p=$(tr -d ' \n\r\t' <"$1")
+			case $tg__p in
+			"" | *[!0-9]*) ;;
+			*)
+				echo "$tg__p"
+				return 0
+				;;
+			esac
+		fi
+		if [ -n "$2" ] && ! tg_alive "$2"; then
+			echo "# process $2 exited before writing $1" >&2
+			return 1
+		fi
+		sleep 0.1
+		tg__i=$((tg__i + 1))
+	done
+	echo "# no port in $1 after ${TG_WAIT_S}s" >&2
+	return 1
+}
+
+# tg_start_mock NAME [MODE]: start tests/mock_provider.py as provider NAME
+# (it answers with "x-mock-provider: NAME"); sets TG_MOCK_PORT_<NAME> and
+# TG_MOCK_PORT. NAME: letters, digits, underscore.
+tg_start_mock() {
+	case $1 in
+	"" | *[!A-Za-z0-9_]*)
+		echo "# tg_start_mock: bad name '$1'" >&2
+		return 1
+		;;
+	esac
+	tg__name=$1
+	tg__pf=$TG_TMP/mock-$tg__name.port
+	rm -f "$tg__pf"
+	if [ -n "${2:-}" ]; then
+		"$TG_PYTHON" "$TG_MOCK_BIN" --port 0 --port-file "$tg__pf" \
+			--pid-file "$TG_TMP/mock-$tg__name.pid" --name "$tg__name" \
+			--mode "$2" --quiet >"$TG_TMP/mock-$tg__name.log" 2>&1 &
+	else
+		"$TG_PYTHON" "$TG_MOCK_BIN" --port 0 --port-file "$tg__pf" \
+			--pid-file "$TG_TMP/mock-$tg__name.pid" --name "$tg__name" \
+			--quiet >"$TG_TMP/mock-$tg__name.log" 2>&1 &
+	fi
+	tg__mpid=$!
+	tg__track "$tg__mpid" "mock-$tg__name"
+	TG_MOCK_PORT=$(tg__wait_port_file "$tg__pf" "$tg__mpid") || return 1
+	eval "TG_MOCK_PORT_$tg__name=\$TG_MOCK_PORT"
+	eval "TG_MOCK_PID_$tg__name=\$tg__mpid"
+	return 0
+}
+
+# tg_start_agent [ARGS...]: start the agent on an ephemeral loopback port with
+# its database in TG_TMP; sets TG_AGENT_PORT and TG_AGENT_PID. With
+# TG_AGENT_PORT set from outside, only checks that something listens there.
+tg_start_agent() {
+	if [ -n "$TG_AGENT_EXTERNAL" ]; then
+		TG_AGENT_PID=""
+		tg__port_open "$TG_AGENT_PORT" && return 0
+		echo "# nothing listens on external agent port $TG_AGENT_PORT" >&2
+		return 1
+	fi
+	tg__bin=${TG_AGENT_BIN:-$TG_ROOT/build/tokengate}
+	if [ ! -x "$tg__bin" ]; then
+		echo "# agent binary $tg__bin missing (make, or set TG_AGENT_BIN)" >&2
+		return 1
+	fi
+	mkdir -p "$TG_TMP/agent"
+	tg__pf=$TG_TMP/agent.port
+	rm -f "$tg__pf"
+	"$tg__bin" --listen 127.0.0.1:0 --port-file "$tg__pf" \
+		--pid-file "$TG_TMP/agent.pid" --db "$TG_TMP/agent/tokengate.db" \
+		"$@" >>"$TG_TMP/agent.log" 2>&1 &
+	TG_AGENT_PID=$!
+	tg__track "$TG_AGENT_PID" agent
+	TG_AGENT_PORT=$(tg__wait_port_file "$tg__pf" "$TG_AGENT_PID") || return 1
+	return 0
+}
+
+# tg_stop_agent: stop the agent started by tg_start_agent (not an external one).
+tg_stop_agent() {
+	[ -n "${TG_AGENT_PID:-}" ] || return 1
+	tg_stop_pid "$TG_AGENT_PID"
+	TG_AGENT_PID=""
+}
+
+tg__port_open() { # PORT
+	"$TG_PYTHON" -c 'import socket, sys
+s = socket.socket()
+s.settimeout(1)
+sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)' "$1"
+}
+
+# tg_haproxy_cmd COMMAND: send one command to HAProxy's admin socket, print
+# the answer.
+tg_haproxy_cmd() {
+	"$TG_PYTHON" -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(3)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n")
+out = b""
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    out += b
+sys.stdout.write(out.decode("utf-8", "replace"))' "$TG_HAPROXY_SOCK" "$1"
+}
+
+# tg_server_field BACKEND SERVER FIELD: one column of "show stat" (e.g.
+# status, check_status, scur) for one server.
+tg_server_field() {
+	tg_haproxy_cmd "show stat" 2>/dev/null | awk -F, -v px="$1" -v sv="$2" -v f="$3" '
+		NR == 1 { sub(/^# /, ""); for (i = 1; i <= NF; i++) col[$i] = i; next }
+		$1 == px && $2 == sv { print $col[f]; exit }'
+}
+
+# tg_wait_server_up BACKEND SERVER: bounded wait until HAProxy has completed a
+# successful health check of that server.
+tg_wait_server_up() {
+	tg__i=0
+	while [ "$tg__i" -lt $((TG_WAIT_S * 10)) ]; do
+		tg__st=$(tg_server_field "$1" "$2" status)
+		tg__ck=$(tg_server_field "$1" "$2" check_status)
+		case "$tg__st/$tg__ck" in
+		UP/L[4567]OK*) return 0 ;;
+		esac
+		if [ -n "${TG_HAPROXY_PID:-}" ] && ! tg_alive "$TG_HAPROXY_PID"; then
+			echo "# haproxy exited" >&2
+			return 1
+		fi
+		sleep 0.1
+		tg__i=$((tg__i + 1))
+	done
+	echo "# $1/$2 not UP after ${TG_WAIT_S}s (status=$tg__st check=$tg__ck)" >&2
+	return 1
+}
+
+# tg_start_haproxy: run haproxy-conf/haproxy.cfg (nbthread 2) in the
+# foreground mode (-db) in the background, pointed at the agent and the mocks
+# started so far (a provider without a mock gets a port nobody listens on).
+# Waits until the frontend answers and the agent server passed its check.
+# HAProxy's stdout/stderr go to $TG_TMP/haproxy.log, and so do its log lines
+# unless the test set TG_LOG_TARGET (e.g. a unix datagram socket it reads).
+tg_start_haproxy() {
+	TG_FRONTEND_PORT=$(tg_free_port) || return 1
+	TG_URL=http://127.0.0.1:$TG_FRONTEND_PORT
+	TG_FRONTEND_ADDR=127.0.0.1:$TG_FRONTEND_PORT
+	TG_AGENT_ADDR=127.0.0.1:$TG_AGENT_PORT
+	TG_PRIMARY_ADDR=127.0.0.1:${TG_MOCK_PORT_primary:-$(tg_free_port)}
+	TG_SECONDARY_ADDR=127.0.0.1:${TG_MOCK_PORT_secondary:-$(tg_free_port)}
+	TG_RUN_DIR=$TG_TMP
+	TG_HAPROXY_SOCK=$TG_RUN_DIR/tokengate-haproxy.sock
+	TG_LOG_TARGET=${TG_LOG_TARGET:-stdout}
+	TG_LOG_FORMAT=${TG_LOG_FORMAT:-raw}
+	if [ -n "$TG_AGENT_EXTERNAL" ]; then
+		TG_SPOE_PROCESSING_TIMEOUT=${TG_SPOE_PROCESSING_TIMEOUT:-60s}
+		export TG_SPOE_PROCESSING_TIMEOUT
+	fi
+	export TG_FRONTEND_ADDR TG_AGENT_ADDR TG_PRIMARY_ADDR TG_SECONDARY_ADDR \
+		TG_RUN_DIR TG_LOG_TARGET TG_LOG_FORMAT
+	"$TG_HAPROXY_BIN" -f "$TG_ROOT/haproxy-conf/haproxy.cfg" -db \
+		>"$TG_TMP/haproxy.log" 2>&1 &
+	TG_HAPROXY_PID=$!
+	tg__track "$TG_HAPROXY_PID" haproxy
+	tg__i=0
+	while ! curl -s -o /dev/null --max-time 1 "$TG_URL/"; do
+		if ! tg_alive "$TG_HAPROXY_PID"; then
+			echo "# haproxy exited" >&2
+			return 1
+		fi
+		tg__i=$((tg__i + 1))
+		if [ "$tg__i" -ge $((TG_WAIT_S * 10)) ]; then
+			echo "# haproxy frontend not answering after ${TG_WAIT_S}s" >&2
+			return 1
+		fi
+		sleep 0.1
+	done
+	tg_wait_server_up spoe_tokengate tg1
+}
+
+# ---- HTTP -------------------------------------------------------------------
+
+# tg_request METHOD PATH [CURL-ARGS...]: one request through the frontend.
+# Sets TG_STATUS (000 when no answer), TG_TIME (seconds); headers in
+# $TG_HDRS, body in $TG_BODY.
+tg_request() {
+	tg__m=$1
+	tg__path=$2
+	shift 2
+	tg__out=$(curl -sS -X "$tg__m" -o "$TG_BODY" -D "$TG_HDRS" \
+		-w '%{http_code} %{time_total}' --max-time "${TG_CURL_TIMEOUT:-15}" \
+		"$@" "$TG_URL$tg__path" 2>>"$TG_TMP/curl.log")
+	TG_STATUS=${tg__out%% *}
+	TG_TIME=${tg__out#* }
+	[ -n "$TG_STATUS" ] || TG_STATUS=000
+}
+
+# tg_chat [CURL-ARGS...]: POST /v1/chat/completions. The body is
+# $TG_CHAT_BODY (a file) when set, else a small chat request.
+tg_chat() {
+	if [ -n "${TG_CHAT_BODY:-}" ]; then
+		tg_request POST /v1/chat/completions -H 'content-type: application/json' \
+			--data-binary "@$TG_CHAT_BODY" "$@"
+	else
+		tg_request POST /v1/chat/completions -H 'content-type: application/json' \
+			--data-binary '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}' \
+			"$@"
+	fi
+}
+
+# tg_header NAME [FILE]: value of the last header NAME (any case) in FILE
+# (default: the last response's headers), without the trailing CR.
+tg_header() {
+	awk -v n="$1" '
+		BEGIN { n = tolower(n) }
+		{ sub(/\r$/, "") }
+		/^HTTP\// { v = ""; found = 0 }
+		{ i = index($0, ":"); if (i > 0 && tolower(substr($0, 1, i - 1)) == n) { v = substr($0, i + 1); sub(/^[ \t]+/, "", v); found = 1 } }
+		END { if (found) print v }' "${2:-$TG_HDRS}"
+}

@@ -1,0 +1,103 @@
+#!/bin/sh
+# Runs every test suite and ends with one line: "N passed, N failed".
+#
+#   TG_BUILD=build            the build whose binaries are tested
+#   TG_ASAN_BUILD=build-asan  optional: run the unit and end-to-end suites
+#                             again with these ASan+UBSan binaries
+#   TG_FUZZ_SECONDS=60        optional: libFuzzer run of the frame decoder
+#                             (needs $TG_ASAN_BUILD/fuzz_frame), 0 = skip
+#   TG_ONLY=pattern           run only suites whose name contains pattern
+#
+# Each suite prints its own checks; its output goes to $TG_LOG_DIR and is
+# shown when it fails. A suite that exits non-zero without reporting a
+# failure counts as one failure, so a crash is never a pass.
+set -u
+cd "$(dirname "$0")/.." || exit 2
+B=${TG_BUILD:-build}
+A=${TG_ASAN_BUILD:-}
+FUZZ=${TG_FUZZ_SECONDS:-0}
+LOGS=${TG_LOG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/tg-tests.XXXXXX")}
+passed=0
+failed=0
+
+# Reads a suite's log and prints "passed failed" as the suite reported them.
+count() {
+	awk '
+	/^\[  PASSED  \] [0-9]+ test/ { p += $4 }
+	/^\[  FAILED  \] [0-9]+ test/ { f += $4 }
+	/^([A-Za-z]+: )?[0-9]+ passed, [0-9]+ failed/ {
+		line = $0; sub(/^[A-Za-z]+: /, "", line); split(line, w, /[ ,]+/); p += w[1]; f += w[3]
+	}
+	END { printf "%d %d\n", p, f }' "$1"
+}
+
+run() {
+	name=$1
+	shift
+	case $name in *"${TG_ONLY:-}"*) ;; *) return 0 ;; esac
+	log="$LOGS/$(echo "$name" | tr '/ ' '__').log"
+	start=$(date +%s)
+	"$@" >"$log" 2>&1
+	rc=$?
+	set -- $(count "$log")
+	p=$1 f=$2
+	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+		f=1
+		echo "(exit status $rc)" >>"$log"
+	fi
+	passed=$((passed + p))
+	failed=$((failed + f))
+	took=$(($(date +%s) - start))
+	if [ "$f" -eq 0 ] && [ "$p" -gt 0 ]; then
+		echo "ok - $name: $p passed (${took}s)"
+	elif [ "$f" -eq 0 ]; then
+		# Nothing ran: a suite that checks nothing is a defect.
+		failed=$((failed + 1))
+		echo "not ok - $name: no check ran (${took}s)"
+		sed 's/^/    /' "$log" | tail -n 20
+	else
+		echo "not ok - $name: $p passed, $f failed (${took}s)"
+		grep -E '^not ok|FAILED|ERROR|error|Assert|runtime error|Sanitizer' "$log" | head -n 40 | sed 's/^/    /'
+		echo "    (full log: $log)"
+	fi
+}
+
+unit() {
+	bdir=$1
+	tag=$2
+	run "unit/codec$tag" "$bdir/test_spop"
+	run "unit/daytime$tag" "$bdir/test_daytime"
+	run "unit/engine$tag" "$bdir/test_engine"
+	run "unit/wire-selftest$tag" "$bdir/wire_selftest"
+	run "unit/fuzz-corpus-replay$tag" "$bdir/fuzz_replay" tests/fuzz/corpus
+}
+
+e2e() {
+	bdir=$1
+	tag=$2
+	for t in tests/e2e/test_*.sh; do
+		run "e2e/$(basename "$t" .sh)$tag" env TG_AGENT_BIN="$bdir/tokengate" TG_SPOPRAW_BIN="$B/spopraw" \
+			TG_SPOPLOAD_BIN="$B/spopload" sh "$t"
+	done
+}
+
+unit "$B" ""
+run "schema" sh tests/test_schema.sh
+run "mock-provider" sh tests/mock_provider_selftest.sh
+e2e "$B" ""
+if [ -n "$A" ]; then
+	unit "$A" " (asan)"
+	e2e "$A" " (asan)"
+fi
+if [ "$FUZZ" -gt 0 ] && [ -n "$A" ]; then
+	fuzzrun() {
+		mkdir -p "$A/fuzz-corpus" &&
+			"$A/fuzz_frame" -max_total_time="$FUZZ" -max_len=70000 -print_final_stats=1 \
+				"$A/fuzz-corpus" tests/fuzz/corpus &&
+			echo "1 passed, 0 failed"
+	}
+	run "fuzz/frame-decoder (${FUZZ}s)" fuzzrun
+fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
