@@ -29,7 +29,7 @@ SPOA_SRC := $(filter-out spoa/main.c,$(wildcard spoa/*.c))
 SPOA_OBJ := $(SPOA_SRC:%.c=$(BUILD)/%.o) $(BUILD)/schema_sql.o
 WIRE_OBJ := $(BUILD)/bench/spopwire.o
 
-BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/test_daytime $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/fuzz_replay
+BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/test_daytime $(BUILD)/test_engine $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/fuzz_replay
 
 .PHONY: all test asan check fuzz bench install clean deps
 all: $(BINS)

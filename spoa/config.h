@@ -24,6 +24,7 @@ struct config {
 	char log_level[16];
 	bool log_syslog;
 	bool audit_log;
+	bool ack_only;
 	long db_poll_ms;
 	long max_connections;
 	long max_frame_size;

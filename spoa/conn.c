@@ -307,7 +307,8 @@ static void handle_notify(struct conn *c, const struct spop_frame *f)
 			conn_fail(c, SPOP_ERR_INVALID, "malformed message list in NOTIFY");
 			return;
 		}
-		engine_on_message(c->env->engine, ev_now(c->env->loop), &msg, &ack);
+		if (!c->env->cfg->ack_only)
+			engine_on_message(c->env->engine, ev_now(c->env->loop), &msg, &ack);
 	}
 	/* Never an empty ACK: some HAProxy versions wait for the processing
 	 * timeout on one. Unsetting an unknown variable is a no-op. */

@@ -14,14 +14,18 @@
 #endif
 
 /* A budget day is keyed by Unix time; a 32-bit time_t would wrap in 2038
- * and truncate every int64_t we pass to localtime_r/mktime. */
+ * and truncate every int64_t we pass to localtime_r. */
 _Static_assert(sizeof(time_t) >= 8, "daytime needs a 64-bit time_t");
 
 #define DAY 86400
 
-/* Longest stretch searched for a day boundary. Real local days last 23 to
- * 25 hours; a date-line jump makes one 48 hours (or skips one). */
-#define SEARCH_DAYS 8
+/* The zone is modelled over t +- WINDOW_HALF, sampled every WINDOW_STEP.
+ * A day lasts 23 to 25 hours, 48 when a date-line jump repeats a date
+ * (Alaska, 1867): any day containing t lies inside the window. */
+#define WINDOW_HALF (3 * DAY)
+#define WINDOW_STEP (WINDOW_HALF / 2)
+#define WINDOW_SAMPLES 5
+#define WINDOW_PIECES 16
 
 /* 0001-01-03T00:00:00Z and 9999-12-28T23:59:59Z: two days inside the
  * four-digit years, so any UTC offset (and D+1) stays inside too. */
@@ -35,20 +39,8 @@ _Static_assert(sizeof(time_t) >= 8, "daytime needs a 64-bit time_t");
 static char zone_name[256] = "UTC";
 static int zone_ready;
 
-/* Howard Hinnant's days_from_civil: proleptic Gregorian, exact for any
+/* Howard Hinnant's civil_from_days: proleptic Gregorian, exact for any
  * year we accept, no table and no libc. */
-static int64_t days_from_civil(int64_t y, int m, int d)
-{
-	int64_t era, yoe, doy, doe;
-
-	y -= m <= 2;
-	era = (y >= 0 ? y : y - 399) / 400;
-	yoe = y - era * 400;
-	doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-	doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-	return era * 146097 + doe - 719468;
-}
-
 static void civil_from_days(int64_t z, int64_t *y, int *m, int *d)
 {
 	int64_t era, doe, yoe, doy, mp;
@@ -93,106 +85,127 @@ static int64_t floor_div(int64_t a, int64_t b)
 	return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
 }
 
-/* The local date of x as a day number; tm receives the broken-down time.
- * localtime_r cannot fail on our clamped range, but if it ever did we fall
- * back to UTC rather than hand garbage to the bisection. */
-static int64_t local_index(int64_t x, struct tm *tm)
+/* The zone's UTC offset at x (what localtime_r adds to x to get the wall
+ * clock). localtime_r cannot fail on our clamped range; if it ever did,
+ * UTC is a sane answer. */
+static int64_t offset_at(int64_t x)
 {
 	time_t tt = (time_t)x;
-	int64_t days, y;
-	int m, d;
-
-	if (localtime_r(&tt, tm) != NULL)
-		return days_from_civil((int64_t)tm->tm_year + 1900,
-		                       tm->tm_mon + 1, tm->tm_mday);
-	days = floor_div(x, DAY);
-	civil_from_days(days, &y, &m, &d);
-	memset(tm, 0, sizeof(*tm));
-	tm->tm_year = (int)(y - 1900);
-	tm->tm_mon = m - 1;
-	tm->tm_mday = d;
-	return days;
-}
-
-static int64_t index_of(int64_t x)
-{
 	struct tm tm;
 
-	return local_index(x, &tm);
+	if (localtime_r(&tt, &tm) == NULL)
+		return 0;
+	return (int64_t)tm.tm_gmtoff;
 }
 
-/* mktime of local 00:00:00 on the date in tm, shifted by add_days. Only a
- * guess: for a skipped or repeated midnight libc may pick either side, so
- * callers check it against localtime_r. */
-static int64_t midnight_guess(const struct tm *tm, int add_days)
-{
-	struct tm g;
+/*
+ * The zone around t as pieces of constant offset: piece i covers
+ * [from[i], from[i + 1]) (the last one up to `last` included) and its wall
+ * clock is x + off[i]. With it, days are plain arithmetic: no mktime,
+ * whose pick for a skipped or repeated midnight is libc's choice (glibc
+ * takes the second 00:00 of a repeated midnight), and no search that could
+ * fail to end.
+ */
+struct window {
+	int64_t from[WINDOW_PIECES];
+	int64_t off[WINDOW_PIECES];
+	int n;
+	int64_t last;
+};
 
-	memset(&g, 0, sizeof(g));
-	g.tm_year = tm->tm_year;
-	g.tm_mon = tm->tm_mon;
-	g.tm_mday = tm->tm_mday + add_days;
-	g.tm_isdst = -1;
-	return (int64_t)mktime(&g);
+/* Adds the offset changes in (a, b], known offsets oa and ob, in order.
+ * Equal ends are taken as "no change": a change and its undoing less than
+ * WINDOW_STEP apart would be missed. tzdata has none: since 1800, offset
+ * changes are at least four days apart. */
+static void window_split(struct window *w, int64_t a, int64_t oa, int64_t b,
+                         int64_t ob)
+{
+	int64_t mid, om;
+
+	if (oa == ob)
+		return;
+	if (b - a == 1) {
+		if (w->n < WINDOW_PIECES) {
+			w->from[w->n] = b;
+			w->off[w->n] = ob;
+			w->n++;
+		}
+		return;
+	}
+	mid = a + (b - a) / 2;
+	om = offset_at(mid);
+	window_split(w, a, oa, mid, om);
+	window_split(w, mid, om, b, ob);
 }
 
-/* First instant whose local date is day (t's own date, tm its local time).
- * A bisection over [lo, t] with index(lo) < day <= index(t) always ends,
- * whatever the zone does; in the usual case the guess is already right. */
-static int64_t day_start(int64_t t, int64_t day, const struct tm *tm)
+/* Cost: WINDOW_SAMPLES localtime_r calls, plus about 18 for each offset
+ * change within WINDOW_HALF of t. */
+static void window_build(struct window *w, int64_t t)
 {
-	int64_t lo, hi, mid, s;
+	int64_t x[WINDOW_SAMPLES], o[WINDOW_SAMPLES];
+	int k;
+
+	for (k = 0; k < WINDOW_SAMPLES; k++) {
+		x[k] = t - WINDOW_HALF + k * WINDOW_STEP;
+		o[k] = offset_at(x[k]);
+	}
+	w->from[0] = x[0];
+	w->off[0] = o[0];
+	w->n = 1;
+	w->last = x[WINDOW_SAMPLES - 1];
+	for (k = 0; k + 1 < WINDOW_SAMPLES; k++)
+		window_split(w, x[k], o[k], x[k + 1], o[k + 1]);
+}
+
+static int64_t piece_last(const struct window *w, int i)
+{
+	return i + 1 < w->n ? w->from[i + 1] - 1 : w->last;
+}
+
+/* The latest wall clock reading at or before t: the clock may be set back,
+ * the day never is. */
+static int64_t wall_high(const struct window *w, int64_t t)
+{
+	int64_t high = INT64_MIN, y;
 	int i;
 
-	s = midnight_guess(tm, 0);
-	if (s <= t && index_of(s) == day && index_of(s - 1) < day)
-		return s;
-	lo = t;
-	for (i = 0; i < SEARCH_DAYS; i++) {
-		lo -= DAY;
-		if (index_of(lo) < day)
-			break;
+	for (i = 0; i < w->n && w->from[i] <= t; i++) {
+		y = piece_last(w, i) < t ? piece_last(w, i) : t;
+		if (y + w->off[i] > high)
+			high = y + w->off[i];
 	}
-	if (i == SEARCH_DAYS)
-		return t; /* no earlier date within a week: libc is broken */
-	hi = t;
-	while (hi - lo > 1) {
-		mid = lo + (hi - lo) / 2;
-		if (index_of(mid) < day)
-			lo = mid;
-		else
-			hi = mid;
-	}
-	return hi;
+	return high;
 }
 
-/* First instant after t whose local date is later than day: the same
- * bisection, mirrored. Always > t. */
-static int64_t day_end(int64_t t, int64_t day, const struct tm *tm)
+/* The first instant whose wall clock reads wall or later; an instant past
+ * the window if none does. A clock set forward over wall (a skipped
+ * midnight) reaches it at the jump. */
+static int64_t first_reaching(const struct window *w, int64_t wall)
 {
-	int64_t lo, hi, mid, e;
 	int i;
 
-	e = midnight_guess(tm, 1);
-	if (e > t && index_of(e) > day && index_of(e - 1) <= day)
-		return e;
-	hi = t;
-	for (i = 0; i < SEARCH_DAYS; i++) {
-		hi += DAY;
-		if (index_of(hi) > day)
-			break;
+	for (i = 0; i < w->n; i++) {
+		if (w->from[i] + w->off[i] >= wall)
+			return w->from[i];
+		if (piece_last(w, i) + w->off[i] >= wall)
+			return wall - w->off[i];
 	}
-	if (i == SEARCH_DAYS)
-		return t + DAY; /* no later date within a week: libc is broken */
-	lo = t;
-	while (hi - lo > 1) {
-		mid = lo + (hi - lo) / 2;
-		if (index_of(mid) > day)
-			hi = mid;
-		else
-			lo = mid;
-	}
-	return hi;
+	return w->last + 1;
+}
+
+/* The day index of t, and optionally its bounds. start <= t < end by
+ * construction: wall_high(t) reaches the day's midnight but not the next. */
+static int64_t day_bounds(int64_t t, int64_t *start, int64_t *end)
+{
+	struct window w;
+	int64_t day;
+
+	window_build(&w, t);
+	day = floor_div(wall_high(&w, t), DAY);
+	if (start != NULL)
+		*start = first_reaching(&w, day * DAY);
+	*end = first_reaching(&w, (day + 1) * DAY);
+	return day;
 }
 
 /* Until the first daytime_set_zone(), the zone is UTC rather than whatever
@@ -215,6 +228,9 @@ static int valid_name(const char *name)
 	if (name == NULL || name[0] == '\0' || name[0] == '/')
 		return 0;
 	if (strlen(name) >= sizeof(zone_name) || strstr(name, "..") != NULL)
+		return 0;
+	/* right/ zones count leap seconds: their clock is not Unix time. */
+	if (strncmp(name, "right/", 6) == 0)
 		return 0;
 	for (p = name; *p != '\0'; p++) {
 		char c = *p;
@@ -281,28 +297,24 @@ const char *daytime_zone(void)
 
 void daytime_day_of(int64_t t, struct daytime_day *out)
 {
-	struct tm tm;
-	int64_t day;
+	int64_t day, y;
+	int m, d;
 
 	ensure_zone();
-	t = clamp_t(t);
-	day = local_index(t, &tm);
+	day = day_bounds(clamp_t(t), &out->start, &out->end);
 	out->index = (int32_t)day;
-	put_date(out->str, (unsigned)(tm.tm_year + 1900), (unsigned)(tm.tm_mon + 1),
-	         (unsigned)tm.tm_mday);
-	out->start = day_start(t, day, &tm);
-	out->end = day_end(t, day, &tm);
+	civil_from_days(day, &y, &m, &d);
+	put_date(out->str, (unsigned)y, (unsigned)m, (unsigned)d);
 }
 
 int64_t daytime_seconds_to_reset(int64_t t)
 {
-	struct tm tm;
-	int64_t day;
+	int64_t end;
 
 	ensure_zone();
 	t = clamp_t(t);
-	day = local_index(t, &tm);
-	return day_end(t, day, &tm) - t;
+	(void)day_bounds(t, NULL, &end);
+	return end - t;
 }
 
 void daytime_iso_utc_ms(int64_t unix_ms, char *buf, size_t size)

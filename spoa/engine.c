@@ -15,6 +15,8 @@
 /* A max_tokens above this is treated as this: bounds the reservation a
  * single request can make, whatever the client writes. */
 #define ENGINE_MAX_TOKENS_CAP 10000000
+/* Likewise for the announced body size (4 GB). */
+#define ENGINE_MAX_BODY ((int64_t)1 << 32)
 
 struct engine {
 	const struct config *cfg;
@@ -224,8 +226,12 @@ struct request {
 static struct spop_str bearer_key(struct spop_str auth)
 {
 	struct spop_str k = {NULL, 0};
-	const uint8_t *p = auth.ptr, *end = auth.ptr + auth.len;
+	const uint8_t *p, *end;
 
+	if (!auth.ptr)
+		return k;
+	p = auth.ptr;
+	end = auth.ptr + auth.len;
 	while (p < end && *p == ' ')
 		p++;
 	if (end - p < 7 || strncasecmp((const char *)p, "bearer ", 7) != 0)
@@ -380,6 +386,8 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 	/* The estimate: about 4 bytes of JSON body per prompt token (an
 	 * overestimate, which is the safe side), plus the completion the
 	 * client allows itself. Bounded work whatever the prompt size. */
+	if (rq.content_length > ENGINE_MAX_BODY)
+		rq.content_length = ENGINE_MAX_BODY;
 	est_in = rq.content_length > 0 ? (rq.content_length + 3) / 4 : 0;
 	est_out = rq.max_tokens > 0 ? rq.max_tokens : p->default_max_tokens;
 	if (est_out > ENGINE_MAX_TOKENS_CAP)

@@ -28,6 +28,7 @@ struct policy *policy_new(void)
 		policy_free(p);
 		return NULL;
 	}
+	p->default_tier = policy_tier(p, "default");
 	return p;
 }
 

@@ -283,8 +283,8 @@ static struct policy *load_policy(struct store *s, char *err, size_t errsz)
 		"SELECT name, daily_tokens, daily_requests, daily_cost_usd, over_budget_action FROM tiers",
 		"SELECT user_id, tier FROM users",
 		"SELECT user_id, daily_tokens, daily_requests, daily_cost_usd FROM user_limits",
-		"SELECT key_hmac, user_id, tier, COALESCE(CAST(strftime('%s', expires_at) AS INTEGER), 0), "
-		"revoked_at IS NOT NULL FROM api_keys",
+		("SELECT key_hmac, user_id, tier, COALESCE(CAST(strftime('%s', expires_at) AS INTEGER), 0), "
+		 "revoked_at IS NOT NULL FROM api_keys"),
 		"SELECT model, input_usd_per_million, output_usd_per_million FROM model_prices",
 	};
 	struct policy *p = policy_new();

@@ -1,0 +1,29 @@
+#!/bin/sh
+# Installs what tokengate needs to build, run and test on Debian 12, with
+# apt-get. Runs apt-get only when something is missing; uses sudo when not
+# root. Idempotent.
+set -eu
+PKGS="build-essential clang pkg-config libev-dev libsqlite3-dev sqlite3 libssl-dev openssl
+libcjson-dev libcmocka-dev haproxy python3 curl tzdata redis-server redis-tools wrk procps"
+
+missing=""
+for p in $PKGS; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+# libFuzzer's runtime comes with clang's compiler-rt on Debian 12.
+dpkg-query -W -f='${Status}' libclang-rt-14-dev 2>/dev/null | grep -q "install ok installed" ||
+	missing="$missing libclang-rt-14-dev"
+[ -z "$missing" ] && exit 0
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+echo "installing:$missing"
+$SUDO apt-get update -q
+# shellcheck disable=SC2086
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
+# Debian starts these services on install; tokengate's tests start their own.
+for svc in haproxy redis-server; do
+	if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q "$svc" 2>/dev/null; then
+		$SUDO systemctl stop "$svc" || true
+	fi
+done
