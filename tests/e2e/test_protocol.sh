@@ -115,4 +115,23 @@ if [ -x "$LOAD" ]; then
 fi
 
 tg_alive "$TG_AGENT_PID" && tg_ok "agent alive after every bad peer" || tg_fail "agent died"
+
+# ---- connection limit and idle timeout (a second agent) ----
+tg_stop_agent
+tg_start_agent --max-connections 2 --idle-timeout-ms 600 || tg_bail "second agent did not start"
+P=$TG_AGENT_PORT
+raw -T 4000 --hello send-hex "$NOTIFY" >"$TG_TMP/idle1.out" &
+h1=$!
+raw -T 4000 --hello send-hex "$NOTIFY" >"$TG_TMP/idle2.out" &
+h2=$!
+sleep 0.3
+out=$(raw hello)
+case $out in
+AGENT-HELLO*) tg_fail "a third connection was served beyond max_connections 2" ;;
+*) tg_ok "beyond max_connections the connection is closed at once" ;;
+esac
+wait $h1 $h2
+tg_assert_match "*ACK sid=5*AGENT-DISCONNECT status=2 message=\"idle timeout\"*closed" "$(cat "$TG_TMP/idle1.out")" \
+	"an idle connection gets AGENT-DISCONNECT status 2 after idle_timeout_ms"
+still_served "after the idle timeouts freed the slots"
 tg_done
