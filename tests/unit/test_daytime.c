@@ -40,8 +40,8 @@ static void expect_day(int64_t t, const char *str, int32_t index, int64_t start,
 
 /*
  * What must hold for any t in any zone: t inside [start, end), the
- * neighbours agree on the boundaries, str is the index's date (formatted
- * by gmtime_r, not by our arithmetic).
+ * neighbours agree on the boundaries (days tile time), str is the index's
+ * date (formatted by gmtime_r, not by our arithmetic).
  */
 static void check_invariants(int64_t t, int64_t min_len, int64_t max_len)
 {
@@ -204,6 +204,34 @@ static void test_skipped_date(void **state)
 	expect_day(1325239200, "2011-12-31", 15339, 1325239200, 1325239200 + DAY);
 }
 
+/* The clock set back across midnight: the day that has begun keeps going,
+ * so the repeated minutes of the old date do not reopen its budget. */
+static void test_clock_set_back_across_midnight(void **state)
+{
+	(void)state;
+	use_zone("America/St_Johns");
+	/* 2006-10-29 00:01 NDT -> 2006-10-28 23:01 NST (02:31Z). The 29th
+	 * begins at its first 00:00 (02:30Z), keeps the wall clock's second
+	 * 23:01-24:00 of the 28th, and ends at 2006-10-30 00:00 NST: 25 h. */
+	expect_day(1162088999, "2006-10-28", 13449, 1162002600, 1162089000);
+	expect_day(1162089000, "2006-10-29", 13450, 1162089000, 1162179000);
+	expect_day(1162089060, "2006-10-29", 13450, 1162089000, 1162179000);
+	expect_day(1162092600, "2006-10-29", 13450, 1162089000, 1162179000);
+	assert_int_equal(daytime_seconds_to_reset(1162089060), 89940);
+
+	use_zone("Antarctica/Casey");
+	/* 2010-03-05 02:00 +11 -> 2010-03-04 23:00 +08: a 27-hour 5th. */
+	expect_day(1267707599, "2010-03-04", 14672, 1267621200, 1267707600);
+	expect_day(1267714800, "2010-03-05", 14673, 1267707600, 1267804800);
+	expect_day(1267716600, "2010-03-05", 14673, 1267707600, 1267804800);
+	expect_day(1267804800, "2010-03-06", 14674, 1267804800, 1267891200);
+
+	use_zone("Pacific/Kwajalein");
+	/* 1969-09-30 23:59:59 +11 -> 01:00 -12, same date: a 47-hour day. */
+	expect_day(-8035200, "1969-09-30", -93, -8074800, -7905600);
+	expect_day(-7988400, "1969-09-30", -93, -8074800, -7905600);
+}
+
 /* A sweep through whole years, 29 minutes at a time, in zones with
  * every kind of oddity; each call must end and satisfy the invariants. */
 static void test_sweep_invariants(void **state)
@@ -226,6 +254,12 @@ static void test_sweep_invariants(void **state)
 		{"Pacific/Chatham", 1767225600, 1798761600, 23 * HOUR, 25 * HOUR},
 		/* 2011 in Samoa: DST both ways and the skipped 30 December */
 		{"Pacific/Apia", 1293840000, 1325376000, 23 * HOUR, 25 * HOUR},
+		/* clocks set back across midnight */
+		{"America/St_Johns", 1136073600, 1167609600, 23 * HOUR, 25 * HOUR},
+		{"Antarctica/Casey", 1262304000, 1293840000, DAY, 27 * HOUR},
+		{"Pacific/Kwajalein", -31536000, 0, DAY, 47 * HOUR},
+		/* Alaska leaves Russia: 18 October 1867 happens twice */
+		{"America/Anchorage", -3250368000, -3218832000, DAY, 2 * DAY},
 	};
 
 	(void)state;
@@ -251,6 +285,7 @@ static void test_zone_validation(void **state)
 		"Europe/Paris ", /* not a zone name character */
 		"Europe/Paris\n",
 		"CET-1CEST,M3.5.0,M10.5.0/3", /* POSIX rules are not zones */
+		"right/Europe/Paris",         /* leap seconds: not Unix time */
 	};
 	char longname[400];
 
@@ -350,6 +385,7 @@ int main(void)
 		cmocka_unit_test(test_skipped_midnight),
 		cmocka_unit_test(test_repeated_midnight),
 		cmocka_unit_test(test_skipped_date),
+		cmocka_unit_test(test_clock_set_back_across_midnight),
 		cmocka_unit_test(test_sweep_invariants),
 		cmocka_unit_test(test_zone_validation),
 		cmocka_unit_test(test_extremes),
