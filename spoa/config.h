@@ -19,6 +19,10 @@ struct config {
 	char db[CONFIG_STR_MAX];
 	char secret_file[CONFIG_STR_MAX];
 	char port_file[CONFIG_STR_MAX];
+	char admin_listen[CONFIG_STR_MAX];
+	char admin_port_file[CONFIG_STR_MAX];
+	char admin_token[CONFIG_STR_MAX];
+	bool admin_allow_public;
 	char pid_file[CONFIG_STR_MAX];
 	char default_backend[CONFIG_STR_MAX];
 	char log_level[16];

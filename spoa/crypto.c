@@ -165,6 +165,11 @@ int crypto_new_key(char *out, size_t size)
 	return 0;
 }
 
+int crypto_equal(const void *a, const void *b, size_t len)
+{
+	return CRYPTO_memcmp(a, b, len) == 0;
+}
+
 void crypto_forget(void)
 {
 	EVP_MD_CTX_free(inner);

@@ -30,6 +30,9 @@ void crypto_key_hmac(const char *key, size_t len, char out[CRYPTO_HMAC_HEX_LEN +
 /* A new API key, "sk-tg-" and 40 random hex digits, into out (>= 47). */
 int crypto_new_key(char *out, size_t size);
 
+/* Compares in constant time (for tokens); true when equal. */
+int crypto_equal(const void *a, const void *b, size_t len);
+
 /* Wipes the secret from memory. */
 void crypto_forget(void);
 

@@ -300,3 +300,15 @@ void ledger_evict(struct ledger *l)
 			day_free(d);
 	}
 }
+
+void ledger_each_today(const struct ledger *l, void (*fn)(const struct ledger_usage *u, void *arg), void *arg)
+{
+	const struct ledger_day *d;
+
+	if (l->today < 0)
+		return;
+	d = &l->days[l->today];
+	for (size_t i = 0; i < d->users.cap; i++)
+		if (d->users.slots[i].key)
+			fn(d->users.slots[i].val, arg);
+}

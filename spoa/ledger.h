@@ -102,6 +102,9 @@ void ledger_flush_dirty(struct ledger *l, void (*fn)(const struct ledger_usage *
 			void *arg);
 size_t ledger_dirty_count(const struct ledger *l);
 
+/* Calls fn on every user of the current day. */
+void ledger_each_today(const struct ledger *l, void (*fn)(const struct ledger_usage *u, void *arg), void *arg);
+
 /* Frees past days that have no open reservation and nothing to flush. */
 void ledger_evict(struct ledger *l);
 

@@ -11,8 +11,11 @@
 #include "conn.h"
 #include "crypto.h"
 #include "engine.h"
+#include "http.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
+#include "state.h"
 #include "store.h"
 
 #define TOKENGATE_VERSION "0.1.0"
@@ -28,6 +31,8 @@ static struct {
 	struct conn_env env;
 	struct listener *listener;
 	struct store *store;
+	struct http_server *admin;
+	struct metrics_sources sources;
 	int stopping;
 	ev_signal sigterm, sigint, sighup;
 	ev_timer drain_timer, flush_timer, tick_timer;
@@ -199,6 +204,28 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	engine_tick(g.env.engine, ev_now(loop));
 }
 
+static void admin_cb(const char *path, struct http_reply *out, void *arg)
+{
+	char why[256];
+
+	(void)arg;
+	if (!strcmp(path, "/metrics")) {
+		out->body = metrics_render(&g.sources, &out->len);
+		out->status = out->body ? 200 : 503;
+		out->content_type = "text/plain; version=0.0.4; charset=utf-8";
+	} else if (!strcmp(path, "/healthz")) {
+		out->status = metrics_healthy(&g.sources, why, sizeof(why)) ? 200 : 503;
+		out->content_type = "text/plain";
+		strcat(why, "\n");
+		out->body = strdup(why);
+		out->len = out->body ? strlen(out->body) : 0;
+	} else if (!strcmp(path, "/state")) {
+		out->body = state_json(&g.sources, &out->len);
+		out->status = out->body ? 200 : 503;
+		out->content_type = "application/json";
+	}
+}
+
 static void on_conn_free(void *arg)
 {
 	(void)arg;
@@ -317,6 +344,22 @@ int main(int argc, char **argv)
 		LOG_ERROR("%s", err);
 		return 1;
 	}
+	g.sources = (struct metrics_sources){&g.env, g.env.engine, g.store, ev_time(), TOKENGATE_VERSION};
+	if (g.cfg.admin_listen[0]) {
+		g.admin = http_start(g.env.loop, g.cfg.admin_listen, g.cfg.admin_allow_public, g.cfg.admin_token,
+				     admin_cb, NULL, err, sizeof(err));
+		if (!g.admin) {
+			LOG_ERROR("%s", err);
+			return 1;
+		}
+		if (g.cfg.admin_port_file[0]) {
+			snprintf(num, sizeof(num), "%d\n", http_port(g.admin));
+			if (write_file_atomic(g.cfg.admin_port_file, num) == -1) {
+				LOG_ERROR("admin_port_file %s: %s", g.cfg.admin_port_file, strerror(errno));
+				return 1;
+			}
+		}
+	}
 	if (g.cfg.pid_file[0]) {
 		snprintf(num, sizeof(num), "%ld\n", (long)getpid());
 		if (write_file_atomic(g.cfg.pid_file, num) == -1)
@@ -340,13 +383,15 @@ int main(int argc, char **argv)
 	ev_timer_again(g.env.loop, &g.flush_timer);
 	ev_timer_init(&g.tick_timer, tick_cb, TICK_S, TICK_S);
 	ev_timer_start(g.env.loop, &g.tick_timer);
-	LOG_INFO("tokengate %s listening on %s (port %d), default backend %s", TOKENGATE_VERSION,
-		 g.cfg.listen, listener_port(g.listener), g.cfg.default_backend);
+	LOG_INFO("tokengate %s listening on %s (port %d), admin on %s (port %d), database %s", TOKENGATE_VERSION,
+		 g.cfg.listen, listener_port(g.listener), g.cfg.admin_listen[0] ? g.cfg.admin_listen : "none",
+		 g.admin ? http_port(g.admin) : 0, g.cfg.db);
 
 	ev_run(g.env.loop, 0);
 
 	conn_free_all(&g.env);
 	listener_free(g.listener);
+	http_stop(g.admin);
 	/* Whatever was never answered stays charged at its estimate. */
 	engine_expire_all(g.env.engine, ev_now(g.env.loop));
 	{

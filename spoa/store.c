@@ -76,6 +76,8 @@ struct store {
 	void *arg;
 };
 
+const double store_flush_bucket_ms[STORE_FLUSH_BUCKETS - 1] = {1, 2.5, 5, 10, 25, 50, 100, 250, 1000};
+
 static double mono_now(void)
 {
 	struct timespec ts;
@@ -480,6 +482,13 @@ static void flush_carried(struct store *s)
 		s->stats.audit_rows += s->carried->naudit;
 		s->stats.last_flush_ms = ms;
 		s->stats.flush_ms_total += ms;
+		{
+			int i = 0;
+
+			while (i < STORE_FLUSH_BUCKETS - 1 && ms > store_flush_bucket_ms[i])
+				i++;
+			s->stats.flush_hist[i]++;
+		}
 		if (!s->stats.db_ok)
 			LOG_INFO("db: writes work again; %zu rows written", batch_rows(s->carried));
 		s->stats.db_ok = 1;

@@ -28,6 +28,10 @@
 #include "ledger.h"
 #include "policy.h"
 
+/* Upper bounds (ms) of the flush-duration histogram; the last is +Inf. */
+#define STORE_FLUSH_BUCKETS 10
+extern const double store_flush_bucket_ms[STORE_FLUSH_BUCKETS - 1];
+
 struct store_stats {
 	uint64_t flushes;          /* transactions committed */
 	uint64_t flush_errors;     /* transactions refused */
@@ -38,6 +42,7 @@ struct store_stats {
 	uint64_t policy_errors;    /* changes that could not be loaded */
 	double last_flush_ms;      /* writer time of the last transaction */
 	double flush_ms_total;
+	uint64_t flush_hist[STORE_FLUSH_BUCKETS]; /* not cumulative */
 	size_t pending_batches;    /* submitted, not yet written */
 	size_t pending_rows;       /* rows waiting, retries included */
 	int db_ok;                 /* the last write or load worked */

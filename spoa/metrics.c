@@ -1,0 +1,157 @@
+/* metrics: Prometheus exposition and health (see metrics.h). */
+#include "metrics.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "buf.h"
+#include "ledger.h"
+#include "policy.h"
+#include "spop.h"
+
+static void head(struct buf *b, const char *name, const char *type, const char *help)
+{
+	buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void one(struct buf *b, const char *name, const char *type, const char *help, double v)
+{
+	head(b, name, type, help);
+	buf_printf(b, "%s %.17g\n", name, v);
+}
+
+static void render_spop(struct buf *b, const struct conn_stats *st, unsigned nconns)
+{
+	one(b, "tokengate_spop_connections", "gauge", "SPOP connections open now.", nconns);
+	one(b, "tokengate_spop_connections_accepted_total", "counter", "SPOP connections accepted.",
+	    (double)st->accepted);
+	one(b, "tokengate_spop_connections_rejected_total", "counter",
+	    "SPOP connections closed at once because max_connections was reached.", (double)st->rejected_limit);
+	head(b, "tokengate_spop_frames_total", "counter", "SPOP frames received (in) and sent (out).");
+	buf_printf(b, "tokengate_spop_frames_total{direction=\"in\"} %llu\n", (unsigned long long)st->frames_in);
+	buf_printf(b, "tokengate_spop_frames_total{direction=\"out\"} %llu\n", (unsigned long long)st->frames_out);
+	one(b, "tokengate_spop_notify_total", "counter", "NOTIFY frames answered with an ACK.", (double)st->notify);
+	one(b, "tokengate_spop_healthchecks_total", "counter", "HAProxy health-check HELLOs answered.",
+	    (double)st->healthcheck);
+	head(b, "tokengate_spop_disconnects_total", "counter",
+	     "AGENT-DISCONNECT frames sent, by SPOP status code (0 = normal; others are protocol errors).");
+	for (unsigned i = 0; i < 100; i++)
+		if (st->disconnect_sent[i] || i == 0 || i == SPOP_ERR_INVALID)
+			buf_printf(b, "tokengate_spop_disconnects_total{status=\"%u\"} %llu\n", i,
+				   (unsigned long long)st->disconnect_sent[i]);
+	{
+		uint64_t errors = 0;
+
+		for (unsigned i = 1; i < 100; i++)
+			errors += st->disconnect_sent[i];
+		one(b, "tokengate_spop_errors_total", "counter",
+		    "Connections we ended with a non-zero DISCONNECT status (protocol errors, timeouts).",
+		    (double)errors);
+	}
+	one(b, "tokengate_spop_backpressure_pauses_total", "counter",
+	    "Times a peer's unread ACKs made us stop reading from it.", (double)st->paused_backpressure);
+}
+
+static void render_engine(struct buf *b, struct engine *e)
+{
+	const struct engine_stats *st = engine_stats(e);
+	struct ledger *l = engine_ledger(e);
+	const struct policy *p = engine_policy(e);
+
+	head(b, "tokengate_decisions_total", "counter", "Decisions on llm-request, by action and reason.");
+	for (int a = 0; a < ENGINE_ACTION_COUNT; a++)
+		for (int r = 0; r < ENGINE_REASON_COUNT; r++)
+			if (st->decisions[a][r] || (a == ENGINE_ALLOW && r == ENGINE_OK) ||
+			    (a == ENGINE_DENY && r == ENGINE_BUDGET_TOKENS))
+				buf_printf(b, "tokengate_decisions_total{action=\"%s\",reason=\"%s\"} %llu\n",
+					   engine_action_str((enum engine_action)a),
+					   engine_reason_str((enum engine_reason)r),
+					   (unsigned long long)st->decisions[a][r]);
+	head(b, "tokengate_settlements_total", "counter",
+	     "Reservations closed, by outcome: settled (real usage), estimated (streamed or unreadable), "
+	     "expired (no answer before the TTL), late (answer for nothing open: ignored).");
+	buf_printf(b, "tokengate_settlements_total{outcome=\"settled\"} %llu\n", (unsigned long long)st->settled);
+	buf_printf(b, "tokengate_settlements_total{outcome=\"estimated\"} %llu\n",
+		   (unsigned long long)st->settled_estimate);
+	buf_printf(b, "tokengate_settlements_total{outcome=\"expired\"} %llu\n", (unsigned long long)st->expired);
+	buf_printf(b, "tokengate_settlements_total{outcome=\"late\"} %llu\n", (unsigned long long)st->late_responses);
+	one(b, "tokengate_tokens_settled_total", "counter", "Tokens (prompt + completion) charged from real usage.",
+	    (double)st->tokens_charged);
+	one(b, "tokengate_cost_settled_usd_total", "counter", "Cost in USD charged from real usage.",
+	    (double)st->cost_nano_charged / 1e9);
+	one(b, "tokengate_reservations_open", "gauge", "Allowed requests waiting for the provider's answer.",
+	    (double)ledger_open_count(l));
+	one(b, "tokengate_users_active", "gauge", "Users with counters in memory (today and unsettled days).",
+	    (double)ledger_user_count(l));
+	one(b, "tokengate_cost_today_usd", "gauge",
+	    "Organisation-wide cost today, open reservations at their estimate.",
+	    (double)ledger_today_cost(l) / 1e9);
+	if (p->global_ceiling_nano >= 0)
+		one(b, "tokengate_global_ceiling_usd", "gauge", "The organisation-wide daily cost ceiling.",
+		    (double)p->global_ceiling_nano / 1e9);
+	one(b, "tokengate_unknown_messages_total", "counter", "SPOE messages with a name we do not know.",
+	    (double)st->unknown_messages);
+	one(b, "tokengate_audit_rows_dropped_total", "counter", "Audit rows lost to memory exhaustion.",
+	    (double)st->audit_dropped);
+}
+
+static void render_store(struct buf *b, struct store *s)
+{
+	struct store_stats st;
+	uint64_t cum = 0;
+
+	store_get_stats(s, &st);
+	one(b, "tokengate_db_up", "gauge", "1 when the last database write or load worked.", st.db_ok);
+	one(b, "tokengate_db_flushes_total", "counter", "Write-behind transactions committed.", (double)st.flushes);
+	one(b, "tokengate_db_flush_errors_total", "counter",
+	    "Write-behind transactions refused (locked, read-only, full); their rows are retried.",
+	    (double)st.flush_errors);
+	head(b, "tokengate_db_flush_duration_seconds", "histogram", "Writer time of one write-behind transaction.");
+	for (int i = 0; i < STORE_FLUSH_BUCKETS; i++) {
+		cum += st.flush_hist[i];
+		if (i < STORE_FLUSH_BUCKETS - 1)
+			buf_printf(b, "tokengate_db_flush_duration_seconds_bucket{le=\"%g\"} %llu\n",
+				   store_flush_bucket_ms[i] / 1000.0, (unsigned long long)cum);
+		else
+			buf_printf(b, "tokengate_db_flush_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+				   (unsigned long long)cum);
+	}
+	buf_printf(b, "tokengate_db_flush_duration_seconds_sum %.9g\n", st.flush_ms_total / 1000.0);
+	buf_printf(b, "tokengate_db_flush_duration_seconds_count %llu\n", (unsigned long long)cum);
+	one(b, "tokengate_db_pending_rows", "gauge", "Rows waiting to be written (the write-behind queue).",
+	    (double)st.pending_rows);
+	one(b, "tokengate_db_usage_rows_written_total", "counter", "daily_usage rows written.", (double)st.usage_rows);
+	one(b, "tokengate_audit_rows_written_total", "counter", "audit_log rows written.", (double)st.audit_rows);
+	one(b, "tokengate_audit_rows_purged_total", "counter", "audit_log rows deleted by retention.",
+	    (double)st.audit_purged);
+	one(b, "tokengate_rules_reloads_total", "counter", "Rule sets reloaded after operators changed the database.",
+	    (double)st.policy_loads);
+	one(b, "tokengate_rules_reload_errors_total", "counter", "Database changes that could not be loaded.",
+	    (double)st.policy_errors);
+}
+
+char *metrics_render(const struct metrics_sources *m, size_t *len)
+{
+	struct buf b = {0};
+
+	head(&b, "tokengate_build_info", "gauge", "Version of the running agent.");
+	buf_printf(&b, "tokengate_build_info{version=\"%s\"} 1\n", m->version);
+	one(&b, "tokengate_start_time_seconds", "gauge", "Unix time the agent started.", m->started);
+	render_spop(&b, &m->env->stats, m->env->nconns);
+	render_engine(&b, m->engine);
+	render_store(&b, m->store);
+	return buf_take(&b, len);
+}
+
+int metrics_healthy(const struct metrics_sources *m, char *why, size_t size)
+{
+	struct store_stats st;
+
+	store_get_stats(m->store, &st);
+	if (!st.db_ok) {
+		snprintf(why, size, "database not usable: %s", st.last_error);
+		return 0;
+	}
+	snprintf(why, size, "ok");
+	return 1;
+}
