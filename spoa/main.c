@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "config.h"
 #include "conn.h"
 #include "crypto.h"
@@ -43,11 +44,17 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: tokengate [--config FILE] [--listen ADDR] [--db PATH] [--KEY VALUE ...]\n"
 		"       tokengate --check [--config FILE] [...]\n"
+		"       tokengate key create --user U [--tier T] [--label L] [--expires-days N]\n"
+		"       tokengate key revoke (--prefix P | --user U)\n"
+		"       tokengate limit set (--user U | --tier T) [--tokens N|none] [--requests N|none] [--cost USD|none]\n"
+		"       tokengate usage --user U [--day YYYY-MM-DD]\n"
 		"       tokengate --help | --version\n\n"
 		"A HAProxy SPOE agent enforcing per-user daily LLM token budgets.\n\n"
 		"  --config FILE          read settings from FILE (key = value lines)\n"
 		"  --check                validate the configuration and exit (0 if valid)\n"
-		"  --help, --version\n\n"
+		"  --help, --version\n"
+		"The key, limit and usage commands work on the database given by --db or\n"
+		"--config, also while the agent runs (it applies changes within db_poll_ms).\n\n"
 		"Settings (in the config file as `key = value`, here as --key VALUE):\n");
 	config_print_help(f);
 }
@@ -59,6 +66,11 @@ static void usage(FILE *f)
 static int build_config(struct config *c, int argc, char **argv, const char **config_file,
 			int *mode_check, char *err, size_t errsz)
 {
+	int first = 1, words;
+
+	/* Subcommands: skip their words; their own options are theirs. */
+	if (admin_is_command(argc, argv, &words))
+		first = 1 + words;
 	*config_file = NULL;
 	/* The file comes first whatever its place on the line, so that the
 	 * command line always wins over it. */
@@ -71,7 +83,7 @@ static int build_config(struct config *c, int argc, char **argv, const char **co
 	config_defaults(c);
 	if (*config_file && config_load_file(c, *config_file, err, errsz) == -1)
 		return -1;
-	for (int i = 1; i < argc; i++) {
+	for (int i = first; i < argc; i++) {
 		const char *arg = argv[i], *key, *value;
 		char name[64];
 		const char *eq;
@@ -91,6 +103,15 @@ static int build_config(struct config *c, int argc, char **argv, const char **co
 			return -1;
 		}
 		key = arg + 2;
+		if (first > 1) {
+			char optname[64];
+
+			snprintf(optname, sizeof(optname), "%.*s", (int)strcspn(key, "="), key);
+			if (admin_is_option(optname)) {
+				i += strchr(key, '=') ? 0 : 1;
+				continue;
+			}
+		}
 		eq = strchr(key, '=');
 		if (eq) {
 			if ((size_t)(eq - key) >= sizeof(name)) {
@@ -307,6 +328,13 @@ int main(int argc, char **argv)
 	}
 	default_secret = g.cfg.secret_file[0] == '\0';
 	resolve_paths(&g.cfg, g.config_file);
+	{
+		int words;
+
+		if (admin_is_command(argc, argv, &words)) {
+			return admin_run(&g.cfg, default_secret, argc, argv);
+		}
+	}
 	if (check) {
 		struct store *s = NULL;
 		struct engine *e = open_state(&g.cfg, default_secret, &s, err, sizeof(err));

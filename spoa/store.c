@@ -357,6 +357,68 @@ int store_load_usage(struct store *s, const char *day, struct ledger *l, char *e
 	return 0;
 }
 
+/* --- operators' commands ------------------------------------------------- */
+
+static sqlite3_stmt *prepare_params(struct store *s, const char *sql, const char *const *params, int nparams,
+				    char *err, size_t errsz)
+{
+	sqlite3_stmt *st;
+
+	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+		snprintf(err, errsz, "%s", sqlite3_errmsg(s->db));
+		return NULL;
+	}
+	for (int i = 0; i < nparams; i++) {
+		if (params[i])
+			sqlite3_bind_text(st, i + 1, params[i], -1, SQLITE_TRANSIENT);
+		else
+			sqlite3_bind_null(st, i + 1);
+	}
+	return st;
+}
+
+int store_exec_params(struct store *s, const char *sql, const char *const *params, int nparams,
+		      int *changes, char *err, size_t errsz)
+{
+	sqlite3_stmt *st = prepare_params(s, sql, params, nparams, err, errsz);
+	int rc;
+
+	if (!st)
+		return -1;
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+		snprintf(err, errsz, "%s", sqlite3_errmsg(s->db));
+		return -1;
+	}
+	if (changes)
+		*changes = sqlite3_changes(s->db);
+	return 0;
+}
+
+int store_print_rows(struct store *s, const char *sql, const char *const *params, int nparams, void *out,
+		     char *err, size_t errsz)
+{
+	sqlite3_stmt *st = prepare_params(s, sql, params, nparams, err, errsz);
+	int rc, rows = 0;
+
+	if (!st)
+		return -1;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (rows++)
+			fputc('\n', out);
+		for (int i = 0; i < sqlite3_column_count(st); i++)
+			fprintf(out, "%-22s %s\n", sqlite3_column_name(st, i),
+				sqlite3_column_type(st, i) == SQLITE_NULL ? "-" : col_text(st, i));
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		snprintf(err, errsz, "%s", sqlite3_errmsg(s->db));
+		return -1;
+	}
+	return rows;
+}
+
 /* --- writing ------------------------------------------------------------- */
 
 static void bind_text_or_null(sqlite3_stmt *st, int i, const char *t)

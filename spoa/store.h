@@ -81,6 +81,18 @@ void store_set_retention(struct store *s, long days);
 
 void store_get_stats(struct store *s, struct store_stats *out);
 
+/*
+ * Operators' one-shot commands (tokengate key/limit/usage), before
+ * store_start. Each is one statement or transaction. -1 with err set.
+ * Text arguments may be NULL for "not given".
+ */
+int store_exec_params(struct store *s, const char *sql, const char *const *params, int nparams,
+		      int *changes, char *err, size_t errsz);
+/* Runs a query and prints each row as "column: value" lines, rows
+ * separated by a blank line, to the stdio stream out. Returns rows. */
+int store_print_rows(struct store *s, const char *sql, const char *const *params, int nparams, void *out,
+		     char *err, size_t errsz);
+
 /* Writes what is pending (retrying a refused batch for up to
  * final_wait_ms), stops the thread, closes the database, frees s.
  * Returns the number of rows that could not be written. */
