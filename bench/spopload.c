@@ -8,9 +8,10 @@
  *      -D_GNU_SOURCE bench/spopload.c bench/spopwire.c -o build/spopload -pthread
  *
  * Run: spopload -p PORT [-c CONNS] [-P DEPTH] [-t THREADS] [-d SECS | -n N]
- * (spopload -h for all options). Exit status: 0 when requests completed
- * without any error, 1 otherwise (protocol error, agent disconnect, timeout,
- * refused connection, unexpected close), 2 on a usage error.
+ * [--tally] (spopload -h for all options). Exit status: 0 when requests
+ * completed without any error, 1 otherwise (protocol error, agent
+ * disconnect, timeout, refused connection, unexpected close), 2 on a usage
+ * error.
  */
 #include "spopwire.h"
 
@@ -40,6 +41,8 @@
 #define READS_PER_EVENT 16		/* reads per readiness event */
 #define MAX_ERROR_LINES 20		/* error lines printed in all */
 #define NARGS 10
+#define TALLY_MAX 32			/* distinct values counted by --tally */
+#define TALLY_KEY_MAX 96		/* bytes of one formatted value */
 
 /* ---- options ---------------------------------------------------------- */
 
@@ -58,6 +61,7 @@ struct opts {
 	unsigned timeout_ms;
 	int json;
 	int verbose;
+	int tally;		/* --tally: count the "action" values of ACKs */
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 };
@@ -174,6 +178,69 @@ static atomic_int g_stop;
 static atomic_int g_first_ack_shown;
 static atomic_int g_error_lines;
 static atomic_int g_no_pipelining_warned;
+/* --tally with -n: NOTIFYs handed out, and ACKed or lost, in all. */
+static atomic_uint_fast64_t g_tally_sent;
+static atomic_uint_fast64_t g_tally_done;
+
+/* ---- --tally: values of the "action" variable in ACKs ------------------ */
+
+/*
+ * One entry per distinct value, formatted as text: a string value as it is
+ * (quoted and escaped when it is not plain), another type as "type:value".
+ * "(none)": an ACK without an "action" set-var. "(other)": values beyond the
+ * first TALLY_MAX distinct ones.
+ */
+struct tally_entry {
+	char key[TALLY_KEY_MAX];
+	uint64_t count;
+};
+
+struct tally {
+	unsigned n;
+	struct tally_entry e[TALLY_MAX + 1];	/* + "(other)" */
+};
+
+static void
+tally_add(struct tally *t, const char *key, uint64_t count)
+{
+	unsigned i;
+
+	for (i = 0; i < t->n; i++) {
+		if (strcmp(t->e[i].key, key) == 0) {
+			t->e[i].count += count;
+			return;
+		}
+	}
+	if (t->n >= TALLY_MAX) {
+		key = "(other)";
+		for (i = 0; i < t->n; i++) {
+			if (strcmp(t->e[i].key, key) == 0) {
+				t->e[i].count += count;
+				return;
+			}
+		}
+	}
+	snprintf(t->e[t->n].key, sizeof(t->e[t->n].key), "%s", key);
+	t->e[t->n].count = count;
+	t->n++;
+}
+
+static int
+tally_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct tally_entry *)a)->key,
+		      ((const struct tally_entry *)b)->key);
+}
+
+/* The tally key of an action's value. */
+static void
+tally_key(char *out, size_t cap, const struct spopwire_data *d)
+{
+	if (d->type == SPOPWIRE_T_STR)
+		spopwire_format_str(out, cap, d->v.str, 1, 64);
+	else
+		spopwire_format_data(out, cap, d);
+}
 
 static uint64_t
 now_ns(void)
@@ -242,6 +309,7 @@ struct worker {
 	unsigned first_id;
 	uint64_t rng;
 	struct stats st;
+	struct tally tally;
 };
 
 static void errmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -322,6 +390,8 @@ conn_drop(struct conn *c, uint64_t now)
 	}
 	c->events = 0;
 	c->w->st.dropped += c->inflight;
+	if (c->inflight > 0)
+		atomic_fetch_add(&g_tally_done, c->inflight);
 	c->inflight = 0;
 	c->nfree = 0;
 	for (i = c->w->o->depth; i-- > 0;) {
@@ -410,10 +480,20 @@ conn_flush(struct conn *c, uint64_t now)
 	return 0;
 }
 
+/* --tally with -n N: exactly N NOTIFYs are sent in all (warmup included),
+ * so that the tally covers every request the agent was asked about. */
+static int
+tally_capped(const struct opts *o)
+{
+	return o->tally && o->total > 0;
+}
+
 static int
 run_stopping(const struct opts *o, uint64_t now)
 {
 	if (now >= t_end || atomic_load(&g_stop))
+		return 1;
+	if (tally_capped(o) && atomic_load(&g_tally_done) >= o->total)
 		return 1;
 	return o->total > 0 && atomic_load(&g_counted) >= o->total;
 }
@@ -435,6 +515,8 @@ conn_fill(struct conn *c, uint64_t now)
 	if (c->state != CONN_READY || run_stopping(o, now))
 		return 0;
 	while (c->inflight < c->depth && c->nfree > 0) {
+		if (tally_capped(o) && atomic_fetch_add(&g_tally_sent, 1) >= o->total)
+			break;
 		slot = c->free_slots[--c->nfree];
 		/* Increasing stream-ids from which the slot can be read back:
 		 * slot = (sid - 1) % depth. */
@@ -614,6 +696,9 @@ conn_on_frame(struct conn *c, const struct spopwire_frame *f, uint64_t now)
 	struct slot *s;
 	uint64_t st = 0, lat;
 	unsigned slot, nact = 0;
+	char tkey[TALLY_KEY_MAX];
+
+	tkey[0] = '\0';
 
 	if (f->type == SPOPWIRE_FRAME_AGENT_DISCONNECT) {
 		if (spopwire_parse_agent_kv(f->payload, f->payload + f->payload_len, &kv) == 0)
@@ -647,6 +732,13 @@ conn_on_frame(struct conn *c, const struct spopwire_frame *f, uint64_t now)
 			return -1;
 		}
 		nact++;
+		if (o->tally && a.type == SPOPWIRE_ACT_SET_VAR &&
+		    a.name.len == 6 && memcmp(a.name.ptr, "action", 6) == 0)
+			tally_key(tkey, sizeof(tkey), &a.value);	/* last one wins */
+	}
+	if (o->tally) {
+		tally_add(&c->w->tally, tkey[0] != '\0' ? tkey : "(none)", 1);
+		atomic_fetch_add(&g_tally_done, 1);
 	}
 	if (o->verbose && atomic_exchange(&g_first_ack_shown, 1) == 0)
 		show_actions(c, f);
@@ -910,6 +1002,12 @@ usage(FILE *out)
 		"  -T MS             timeout for connect, HELLO and each ACK (5000)\n"
 		"  --frame-size N    max-frame-size announced in HAPROXY-HELLO (16380)\n"
 		"  --json            print one JSON object instead of text\n"
+		"  --tally           count the values of the \"action\" variable set by\n"
+		"                    every ACK (warmup included) and print one line per\n"
+		"                    value, \"tally action=VALUE COUNT\" (\"tally\" object\n"
+		"                    with --json); \"(none)\": ACKs without it. With -n N,\n"
+		"                    exactly N NOTIFYs are then sent in all (use -w 0 to\n"
+		"                    have them all measured too)\n"
 		"  -v                print the first ACK's actions to stderr (-vv: states)\n"
 		"  -h                this help\n");
 }
@@ -947,6 +1045,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 	static const struct option longopts[] = {
 		{ "frame-size", required_argument, NULL, 'F' },
 		{ "json", no_argument, NULL, 'J' },
+		{ "tally", no_argument, NULL, 'X' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1021,6 +1120,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 			o->frame_size = (uint32_t)v;
 			break;
 		case 'J': o->json = 1; break;
+		case 'X': o->tally = 1; break;
 		case 'v': o->verbose++; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); return -1;
@@ -1063,8 +1163,21 @@ resolve(struct opts *o)
 	return 0;
 }
 
+/* A tally key as a JSON string body: keys are printable ASCII already
+ * (tally_key escapes the rest), only '"' and '\\' need a backslash. */
 static void
-report(const struct opts *o, const struct stats *st, double window)
+print_json_key(const char *k)
+{
+	for (; *k != '\0'; k++) {
+		if (*k == '"' || *k == '\\')
+			putchar('\\');
+		putchar(*k);
+	}
+}
+
+static void
+report(const struct opts *o, const struct stats *st, double window,
+       struct tally *tally)
 {
 	uint64_t errors = st->protocol_errors + st->agent_disconnects + st->timeouts +
 			  st->connect_errors + st->peer_closes;
@@ -1074,6 +1187,7 @@ report(const struct opts *o, const struct stats *st, double window)
 	double p999 = (double)hist_quantile(&st->lat, 0.999) / 1e3;
 	double max = (double)st->lat.max / 1e3;
 	double mean = st->lat.count ? (double)st->lat.sum / (double)st->lat.count / 1e3 : 0;
+	unsigned i;
 
 	if (o->json) {
 		printf("{\"host\":\"%s\",\"port\":%s,\"connections\":%u,\"pipeline\":%u,"
@@ -1084,12 +1198,23 @@ report(const struct opts *o, const struct stats *st, double window)
 		       "\"peer_closes\":%" PRIu64 ",\"connects\":%" PRIu64 ","
 		       "\"sent\":%" PRIu64 ",\"dropped\":%" PRIu64 ","
 		       "\"notify_per_s\":%.1f,\"mean_us\":%.1f,\"p50_us\":%.1f,"
-		       "\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f}\n",
+		       "\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f",
 		       o->host, o->port, o->conns, o->depth, o->threads, o->users,
 		       o->warmup, window, st->completed, errors, st->protocol_errors,
 		       st->agent_disconnects, st->timeouts, st->connect_errors,
 		       st->peer_closes, st->connects, st->sent, st->dropped, rate,
 		       mean, p50, p99, p999, max);
+		if (o->tally) {
+			qsort(tally->e, tally->n, sizeof(tally->e[0]), tally_cmp);
+			printf(",\"tally\":{");
+			for (i = 0; i < tally->n; i++) {
+				printf("%s\"", i > 0 ? "," : "");
+				print_json_key(tally->e[i].key);
+				printf("\":%" PRIu64, tally->e[i].count);
+			}
+			printf("}");
+		}
+		printf("}\n");
 		return;
 	}
 	printf("target      %s:%s  connections %u  pipeline %u  threads %u  users %u\n",
@@ -1104,6 +1229,12 @@ report(const struct opts *o, const struct stats *st, double window)
 	printf("throughput  %.1f NOTIFY/s\n", rate);
 	printf("latency us  p50 %.1f  p99 %.1f  p99.9 %.1f  max %.1f  mean %.1f\n",
 	       p50, p99, p999, max, mean);
+	if (o->tally) {
+		qsort(tally->e, tally->n, sizeof(tally->e[0]), tally_cmp);
+		for (i = 0; i < tally->n; i++)
+			printf("tally action=%s %" PRIu64 "\n", tally->e[i].key,
+			       tally->e[i].count);
+	}
 }
 
 int
@@ -1111,6 +1242,7 @@ main(int argc, char **argv)
 {
 	struct worker *workers;
 	struct stats total;
+	struct tally tally;
 	struct opts o;
 	uint64_t t0, t_stop, errors;
 	double window;
@@ -1159,8 +1291,14 @@ main(int argc, char **argv)
 		t_stop = t_end;
 
 	memset(&total, 0, sizeof(total));
+	memset(&tally, 0, sizeof(tally));
 	for (i = 0; i < ninit; i++) {
 		struct stats *s = &workers[i].st;
+		unsigned k;
+
+		for (k = 0; k < workers[i].tally.n; k++)
+			tally_add(&tally, workers[i].tally.e[k].key,
+				  workers[i].tally.e[k].count);
 
 		total.completed += s->completed;
 		total.warmup_acks += s->warmup_acks;
@@ -1181,7 +1319,7 @@ main(int argc, char **argv)
 		return 1;
 
 	window = t_stop > t_warm ? (double)(t_stop - t_warm) / 1e9 : 0;
-	report(&o, &total, window);
+	report(&o, &total, window, &tally);
 	errors = total.protocol_errors + total.agent_disconnects + total.timeouts +
 		 total.connect_errors + total.peer_closes;
 	if (total.completed == 0)

@@ -20,10 +20,17 @@ CREATE TABLE settings (
     value       TEXT NOT NULL,
     description TEXT NOT NULL DEFAULT '',
     CONSTRAINT settings_positive_integer CHECK (
-        name NOT IN ('flush_interval_ms', 'audit_retention_days',
-                     'default_max_tokens', 'reservation_ttl_s')
+        name NOT IN ('flush_interval_ms', 'default_max_tokens', 'reservation_ttl_s')
         OR (value <> '' AND value NOT GLOB '*[^0-9]*' AND length(value) <= 12
             AND CAST(value AS INTEGER) > 0)),
+    -- Bounds the agent enforces too: a flush at least every 10 ms..60 s.
+    CONSTRAINT settings_flush_interval CHECK (
+        name <> 'flush_interval_ms'
+        OR CAST(value AS INTEGER) BETWEEN 10 AND 60000),
+    -- 0 = keep no audit rows past the next purge.
+    CONSTRAINT settings_retention_days CHECK (
+        name <> 'audit_retention_days'
+        OR (value <> '' AND value NOT GLOB '*[^0-9]*' AND length(value) <= 5)),
     CONSTRAINT settings_cost_ceiling_number CHECK (
         name <> 'global_daily_cost_ceiling_usd'
         OR value = ''

@@ -30,7 +30,7 @@ static const struct config_key keys[] = {
 	STR(secret_file, "", "file holding the HMAC secret for API keys (default: <db>.secret, created 0600 if missing)"),
 	STR(port_file, "", "write the bound TCP port to this file once listening (for tests and supervisors)"),
 	STR(pid_file, "", "write the process id to this file"),
-	STR(admin_listen, "127.0.0.1:9121", "admin HTTP listener for /metrics, /healthz and /state: HOST:PORT, or empty for none"),
+	STR(admin_listen, "127.0.0.1:9121", "admin HTTP listener for /metrics, /healthz and /state: HOST:PORT (loopback), or empty for none"),
 	STR(admin_port_file, "", "write the admin listener's bound port to this file"),
 	STR(admin_token, "", "if set, the admin listener requires \"Authorization: Bearer <token>\""),
 	BOOL(admin_allow_public, "false", "allow admin_listen on a non-loopback address"),
@@ -239,7 +239,9 @@ void config_print_help(void *stream)
 		for (char *p = opt; *p; p++)
 			if (*p == '_')
 				*p = '-';
-		fprintf(f, "  --%-20s %s (default: %s)\n", opt, keys[i].help,
-			keys[i].def[0] ? keys[i].def : "none");
+		if (keys[i].def[0])
+			fprintf(f, "  --%-20s %s (default: %s)\n", opt, keys[i].help, keys[i].def);
+		else
+			fprintf(f, "  --%-20s %s\n", opt, keys[i].help);
 	}
 }

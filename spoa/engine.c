@@ -15,6 +15,7 @@
 /* A max_tokens above this is treated as this: bounds the reservation a
  * single request can make, whatever the client writes. */
 #define ENGINE_MAX_TOKENS_CAP 10000000
+#define ENGINE_MAX_CHOICES 128
 /* Likewise for the announced body size (4 GB). */
 #define ENGINE_MAX_BODY ((int64_t)1 << 32)
 
@@ -24,6 +25,7 @@ struct engine {
 	struct ledger *ledger;
 	struct batch *batch;
 	struct daytime_day today;
+	bool day_changed; /* the next batch says so even if nothing else changed */
 	struct engine_stats stats;
 };
 
@@ -45,6 +47,7 @@ const char *engine_reason_str(enum engine_reason r)
 static void roll_day(struct engine *e, double now)
 {
 	daytime_day_of((int64_t)now, &e->today);
+	e->day_changed = true;
 	if (ledger_set_today(e->ledger, e->today.index, e->today.str) == -1)
 		LOG_ERROR("more than %d days of reservations open: counters for %s cannot start", LEDGER_DAYS,
 			  e->today.str);
@@ -218,7 +221,7 @@ static void audit_resv(struct engine *e, const struct ledger_resv *r, double now
 
 struct request {
 	struct spop_str uid, user, auth, path, model;
-	int64_t content_length, max_tokens;
+	int64_t content_length, max_tokens, n;
 	bool stream;
 };
 
@@ -326,7 +329,9 @@ static void refuse(struct engine *e, double now, const struct request *rq, const
 	ack_set_cstr(out, "action", engine_action_str(action));
 	ack_set_cstr(out, "reason", engine_reason_str(why));
 	if (action == ENGINE_DENY) {
-		ack_set_int(out, "retry_after", reset_s);
+		/* Only a budget comes back by itself, at the day boundary. */
+		if (why != ENGINE_UNKNOWN_KEY && why != ENGINE_BAD_REQUEST)
+			ack_set_int(out, "retry_after", reset_s);
 	} else {
 		ack_set_cstr(out, "fallback_text", e->policy->fallback_text);
 	}
@@ -365,7 +370,11 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 	rq.path = arg_str(msg, "path");
 	rq.model = arg_str(msg, "model");
 	rq.content_length = arg_int(msg, "content_length", 0);
-	rq.max_tokens = arg_int(msg, "max_tokens", 0);
+	/* OpenAI's newer field wins over the deprecated one, as at OpenAI. */
+	rq.max_tokens = arg_int(msg, "max_completion_tokens", 0);
+	if (rq.max_tokens <= 0)
+		rq.max_tokens = arg_int(msg, "max_tokens", 0);
+	rq.n = arg_int(msg, "n", 1);
 	rq.stream = arg_bool(msg, "stream");
 
 	if (!identify(e, now, &rq, user, sizeof(user), &tier_hint, &why)) {
@@ -392,6 +401,9 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 	est_out = rq.max_tokens > 0 ? rq.max_tokens : p->default_max_tokens;
 	if (est_out > ENGINE_MAX_TOKENS_CAP)
 		est_out = ENGINE_MAX_TOKENS_CAP;
+	/* n choices: each may use the whole completion allowance. */
+	if (rq.n > 1)
+		est_out *= rq.n > ENGINE_MAX_CHOICES ? ENGINE_MAX_CHOICES : rq.n;
 	price = policy_price(p, (const char *)rq.model.ptr, rq.model.len);
 	if (price) {
 		in_price = price->in_nano_per_token;
@@ -411,6 +423,15 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 		return;
 	}
 
+	/* A NOTIFY replayed for a request still open was decided already:
+	 * allow it again without charging twice. */
+	if (rq.uid.len && ledger_is_open(e->ledger, (const char *)rq.uid.ptr, rq.uid.len)) {
+		ack_set_cstr(out, "action", "allow");
+		ack_set_cstr(out, "backend", e->cfg->default_backend);
+		ack_set_cstr(out, "reason", "ok");
+		put_limits(out, &lim, u, daytime_seconds_to_reset((int64_t)now));
+		return;
+	}
 	/* Allowed: charge the estimate now, correct it when the answer comes. */
 	e->stats.decisions[ENGINE_ALLOW][ENGINE_OK]++;
 	ledger_charge(e->ledger, u, est_in, est_out, est_cost, 1, 0, 0);
@@ -544,8 +565,9 @@ struct batch *engine_take_batch(struct engine *e)
 {
 	struct batch *b, *fresh;
 
-	if (ledger_dirty_count(e->ledger) == 0 && e->batch->naudit == 0)
+	if (ledger_dirty_count(e->ledger) == 0 && e->batch->naudit == 0 && !e->day_changed)
 		return NULL;
+	e->day_changed = false;
 	fresh = batch_new();
 	if (!fresh)
 		return NULL; /* try again next time; nothing is lost */

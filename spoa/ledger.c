@@ -231,6 +231,11 @@ static void unlink_resv(struct ledger *l, struct ledger_resv *r)
 		d->open--;
 }
 
+bool ledger_is_open(const struct ledger *l, const char *uid, size_t uid_len)
+{
+	return strmap_get(&l->resv, uid, uid_len) != NULL;
+}
+
 struct ledger_resv *ledger_take(struct ledger *l, const char *uid, size_t uid_len)
 {
 	struct ledger_resv *r = strmap_get(&l->resv, uid, uid_len);

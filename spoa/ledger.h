@@ -84,6 +84,9 @@ int ledger_load(struct ledger *l, const char *user, int64_t tokens_in, int64_t t
 struct ledger_resv *ledger_reserve(struct ledger *l, struct ledger_usage *u, const char *uid,
 				   size_t uid_len, double now);
 
+/* True when a reservation for uid is open. */
+bool ledger_is_open(const struct ledger *l, const char *uid, size_t uid_len);
+
 /* Removes the open reservation for uid and returns it (the caller frees
  * it with ledger_resv_free), or NULL when there is none: already settled,
  * expired, or never made. This is what makes settlement idempotent. */

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "conn.h"
 #include "crypto.h"
+#include "daytime.h"
 #include "engine.h"
 #include "http.h"
 #include "listener.h"
@@ -300,9 +301,13 @@ static void reload_cb(struct ev_loop *loop, ev_signal *w, int revents)
 		LOG_WARN("reload: listen and db changes take effect at the next restart");
 	strcpy(nc.listen, g.cfg.listen);
 	strcpy(nc.db, g.cfg.db);
+	strcpy(nc.secret_file, g.cfg.secret_file);
+	strcpy(nc.admin_listen, g.cfg.admin_listen);
+	nc.db_poll_ms = g.cfg.db_poll_ms;
 	g.cfg = nc;
 	log_threshold = (enum log_level)log_level_parse(g.cfg.log_level);
-	LOG_INFO("configuration reloaded");
+	log_use_syslog(g.cfg.log_syslog);
+	LOG_INFO("configuration reloaded (listen, db, secret_file, admin_* and db_poll_ms need a restart)");
 }
 
 int main(int argc, char **argv)
@@ -364,6 +369,17 @@ int main(int argc, char **argv)
 	if (!g.env.engine) {
 		LOG_ERROR("%s", err);
 		return 1;
+	}
+	{
+		char now[32];
+		const char *params[2] = {now, TOKENGATE_VERSION};
+
+		daytime_iso_utc_ms((int64_t)(ev_time() * 1000.0), now, sizeof(now));
+		if (store_exec_params(g.store,
+				      "INSERT INTO agent_state(name, value) VALUES ('started_at', ?1), ('version', ?2) "
+				      "ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+				      params, 2, NULL, err, sizeof(err)) == -1)
+			LOG_WARN("db: cannot record the start: %s", err);
 	}
 	if (store_start(g.store, g.env.loop, g.cfg.db_poll_ms, on_policy, NULL) == -1)
 		return 1;

@@ -461,8 +461,10 @@ static int write_batch(struct store *s, const struct batch *b)
 	char now[32], when[32];
 
 	now_iso(now, sizeof(now));
-	if (step_reset(s->st[ST_BEGIN]) == -1)
+	if (step_reset(s->st[ST_BEGIN]) == -1) {
+		set_error(s, "write");
 		return -1;
+	}
 	for (size_t i = 0; i < b->nusage; i++) {
 		const struct batch_usage *u = &b->usage[i];
 		sqlite3_stmt *st = s->st[ST_USAGE];

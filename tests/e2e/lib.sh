@@ -46,6 +46,7 @@
 #   TG_TMP               this test's temporary directory
 #   TG_MOCK_PORT_<name>  port of the mock provider started as <name>
 #   TG_AGENT_PORT        agent port; TG_AGENT_PID its PID (started here only)
+#   TG_ADMIN_PORT        the agent's admin HTTP port (/metrics, /healthz)
 #   TG_FRONTEND_PORT, TG_URL   HAProxy's frontend
 #   TG_HAPROXY_SOCK      HAProxy's admin socket; TG_HAPROXY_PID its PID
 #   TG_STATUS, TG_TIME, TG_HDRS, TG_BODY   result of the last tg_request
@@ -309,12 +310,17 @@ tg_start_agent() {
 	mkdir -p "$TG_TMP/agent"
 	tg__pf=$TG_TMP/agent.port
 	rm -f "$tg__pf"
+	rm -f "$TG_TMP/admin.port"
+	# The admin listener on any free port too: its default (9121) is fixed,
+	# and agents of tests running side by side would fight over it.
 	"$tg__bin" --listen 127.0.0.1:0 --port-file "$tg__pf" \
+		--admin-listen 127.0.0.1:0 --admin-port-file "$TG_TMP/admin.port" \
 		--pid-file "$TG_TMP/agent.pid" --db "$TG_TMP/agent/tokengate.db" \
 		"$@" >>"$TG_TMP/agent.log" 2>&1 &
 	TG_AGENT_PID=$!
 	tg__track "$TG_AGENT_PID" agent
 	TG_AGENT_PORT=$(tg__wait_port_file "$tg__pf" "$TG_AGENT_PID") || return 1
+	TG_ADMIN_PORT=$(tg__wait_port_file "$TG_TMP/admin.port" "$TG_AGENT_PID") || return 1
 	return 0
 }
 
@@ -460,4 +466,214 @@ tg_header() {
 		/^HTTP\// { v = ""; found = 0 }
 		{ i = index($0, ":"); if (i > 0 && tolower(substr($0, 1, i - 1)) == n) { v = substr($0, i + 1); sub(/^[ \t]+/, "", v); found = 1 } }
 		END { if (found) print v }' "${2:-$TG_HDRS}"
+}
+
+# ---- Budgets: database, mock accounting, bursts (tests/e2e/test_budget_*) ---
+#
+# TG_DB is the database of the agent started by tg_start_agent (its HMAC
+# secret is "$TG_DB.secret"). The helpers below only add to what is above.
+
+TG_DB=$TG_TMP/agent/tokengate.db
+
+# tg_require_local_agent: these tests read and write the agent's database,
+# and some stop it: with an external agent (TG_AGENT_PORT) the whole test is
+# skipped (exit 0).
+tg_require_local_agent() {
+	[ -z "$TG_AGENT_EXTERNAL" ] && return 0
+	tg_skip "$(basename "$0"): needs an agent started here (TG_AGENT_PORT is set)"
+	echo "0 passed, 0 failed"
+	exit 0
+}
+
+# tg_sql SQL: run SQL on $TG_DB with the sqlite3 shell (waiting up to 5s for
+# a lock), print the result ("|"-separated columns).
+tg_sql() {
+	sqlite3 -batch -cmd '.timeout 5000' "$TG_DB" "$1"
+}
+
+# tg_sql_quote TEXT: TEXT as an SQL string literal.
+tg_sql_quote() {
+	printf "'%s'" "$(printf '%s' "$1" | sed "s/'/''/g")"
+}
+
+# tg_now_ms: wall clock, milliseconds since the epoch.
+tg_now_ms() {
+	date +%s%3N
+}
+
+# tg_poll SECONDS COMMAND [ARGS...]: run COMMAND every 50ms until it succeeds,
+# for at most SECONDS. Sets TG_POLL_MS to the milliseconds it took; returns 1
+# when it never succeeded.
+tg_poll() {
+	tg__lim=$(($(tg_now_ms) + $(awk -v s="$1" 'BEGIN { printf "%d", s * 1000 }')))
+	tg__t0=$(tg_now_ms)
+	shift
+	while :; do
+		if "$@"; then
+			TG_POLL_MS=$(($(tg_now_ms) - tg__t0))
+			return 0
+		fi
+		if [ "$(tg_now_ms)" -ge "$tg__lim" ]; then
+			TG_POLL_MS=$(($(tg_now_ms) - tg__t0))
+			return 1
+		fi
+		sleep 0.05
+	done
+}
+
+# tg_poll_eq SECONDS EXPECTED COMMAND [ARGS...]: run COMMAND every 50ms until
+# its output is EXPECTED, for at most SECONDS. Sets TG_POLL_GOT (the last
+# output) and TG_POLL_MS; returns 1 when it never matched.
+tg_poll_eq() {
+	tg__s=$1
+	tg__want=$2
+	shift 2
+	tg_poll "$tg__s" tg__output_is "$tg__want" "$@"
+}
+tg__output_is() {
+	tg__w=$1
+	shift
+	TG_POLL_GOT=$("$@")
+	[ "$TG_POLL_GOT" = "$tg__w" ]
+}
+
+# tg_usage USER COLUMNS: COLUMNS (SQL, e.g. "tokens_in, tokens_out") of
+# USER's daily_usage row for the agent's current day ("|"-separated; empty
+# when there is no row).
+tg_usage() {
+	tg_sql "SELECT $2 FROM daily_usage WHERE user_id = $(tg_sql_quote "$1")
+		AND day = COALESCE((SELECT value FROM agent_state WHERE name = 'current_day'), date('now'))"
+}
+
+# tg_mock_stats [NAME]: the JSON of GET /__mock/stats of mock NAME (default
+# primary).
+tg_mock_stats() {
+	curl -s --max-time 5 "http://127.0.0.1:$(tg__mock_port "${1:-primary}")/__mock/stats"
+}
+
+tg__mock_port() { # NAME: TG_MOCK_PORT_<NAME>
+	eval "echo \"\${TG_MOCK_PORT_$1:-}\""
+}
+
+# tg_mock_user USER [NAME]: "requests|prompt_tokens|completion_tokens" the
+# mock provider NAME (default primary) answered with 200 for USER (its x-user
+# header, else its bearer token), "0|0|0" when none.
+tg_mock_user() {
+	tg_mock_stats "${2:-primary}" | "$TG_PYTHON" -c 'import json, sys
+u = json.load(sys.stdin).get("users", {}).get(sys.argv[1], {})
+print("%d|%d|%d" % (u.get("requests", 0), u.get("prompt_tokens", 0), u.get("completion_tokens", 0)))' "$1"
+}
+
+# tg_mock_mode JSON [NAME]: POST /__mock/mode, e.g. '{"mode":"slow","delay_ms":3000}'.
+tg_mock_mode() {
+	curl -s --max-time 5 -o /dev/null -w '%{http_code}' -X POST \
+		-H 'content-type: application/json' --data-binary "$1" \
+		"http://127.0.0.1:$(tg__mock_port "${2:-primary}")/__mock/mode" | grep -qx 200
+}
+
+# tg_usage_matches_mock USER [EXTRA_IN EXTRA_OUT [MOCK_USER]]: USER's
+# daily_usage tokens_in / tokens_out equal the mock's prompt / completion
+# totals for MOCK_USER (default USER; the mock knows a user by x-user, else by
+# bearer token), plus EXTRA_IN / EXTRA_OUT (e.g. estimates kept for streamed
+# answers), and requests equal the mock's request count. Sets TG_USAGE_GOT /
+# TG_USAGE_WANT.
+tg_usage_matches_mock() {
+	tg__m=$(tg_mock_user "${4:-$1}")
+	tg__mr=${tg__m%%|*}
+	tg__m=${tg__m#*|}
+	TG_USAGE_WANT="tokens_in=$((${tg__m%%|*} + ${2:-0})) tokens_out=$((${tg__m#*|} + ${3:-0})) requests=$tg__mr"
+	TG_USAGE_GOT=$(tg_usage "$1" "'tokens_in=' || tokens_in || ' tokens_out=' || tokens_out || ' requests=' || requests")
+	[ "$TG_USAGE_GOT" = "$TG_USAGE_WANT" ]
+}
+
+# tg_key_hmac KEY [SECRET-FILE]: the api_keys.key_hmac of KEY: lowercase hex
+# HMAC-SHA256 of KEY under the secret (the file's text without its newline;
+# default "$TG_DB.secret").
+tg_key_hmac() {
+	printf '%s' "$1" | openssl dgst -sha256 -hmac "$(cat "${2:-$TG_DB.secret}")" |
+		awk '{ print $NF }'
+}
+
+# tg_json FILE EXPR: FILE parses as JSON (with /usr/bin/python3) and the
+# Python expression EXPR, over the parsed value j, is true.
+tg_json() {
+	"$TG_PYTHON" -c 'import json, sys
+j = json.load(open(sys.argv[1]))
+sys.exit(0 if eval(sys.argv[2]) else 1)' "$1" "$2" 2>/dev/null
+}
+
+# tg_secs_to_utc_midnight: seconds from now to the next midnight UTC.
+tg_secs_to_utc_midnight() {
+	"$TG_PYTHON" -c 'import time; print(86400 - int(time.time()) % 86400)'
+}
+
+# tg_burst N PARALLEL OUT [CURL-ARGS...]: N POST /v1/chat/completions through
+# the frontend, PARALLEL at a time (xargs -P), bounded by 120s. OUT gets one
+# line "<status> <time_total> <x-llm-decision>" per request (status 000: no
+# answer). The body is $TG_CHAT_BODY (a file) or tg_chat's small default.
+tg_burst() {
+	tg__n=$1
+	tg__par=$2
+	tg__out=$3
+	shift 3
+	tg__body=${TG_CHAT_BODY:-$TG_TMP/burst-default.json}
+	[ -n "${TG_CHAT_BODY:-}" ] ||
+		printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}' >"$tg__body"
+	# -I with a token that no argument contains: the requests are identical.
+	seq 1 "$tg__n" | timeout 120 xargs -P "$tg__par" -I__TG_SEQ__ curl -s -o /dev/null \
+		--max-time 60 -w '%{http_code} %{time_total} %header{x-llm-decision}\n' \
+		-H 'content-type: application/json' --data-binary "@$tg__body" "$@" \
+		"$TG_URL/v1/chat/completions" >"$tg__out" 2>>"$TG_TMP/curl.log"
+}
+
+# tg_count_status STATUS FILE: lines of a tg_burst OUT file with STATUS.
+tg_count_status() {
+	awk -v s="$1" '$1 == s { n++ } END { print n + 0 }' "$2"
+}
+
+# tg_wait_exit PID SECONDS: wait (bounded) for PID, a child of this shell, to
+# exit, and reap it: TG_EXIT_STATUS is its exit status. Returns 1 (status
+# "running") if it is still running after SECONDS. Call it directly, not in
+# $(...): a subshell cannot reap this shell's children.
+tg_wait_exit() {
+	tg__i=0
+	TG_EXIT_STATUS=running
+	while tg_alive "$1"; do
+		tg__i=$((tg__i + 1))
+		[ "$tg__i" -le $(($2 * 20)) ] || return 1
+		sleep 0.05
+	done
+	wait "$1" 2>/dev/null
+	TG_EXIT_STATUS=$?
+	tg__untrack "$1"
+	return 0
+}
+
+# tg_restart_haproxy: stop HAProxy and start it again (e.g. pointed at a new
+# agent port after tg_start_agent).
+tg_restart_haproxy() {
+	[ -n "${TG_HAPROXY_PID:-}" ] && tg_stop_pid "$TG_HAPROXY_PID"
+	tg_start_haproxy
+}
+
+# tg_agent_log_count PATTERN: lines of the agent's log matching PATTERN
+# (grep -E), e.g. to wait for "rules reloaded from the database".
+tg_agent_log_count() {
+	grep -cE "$1" "$TG_TMP/agent.log" 2>/dev/null || true
+}
+
+# tg_wait_reload BEFORE [SECONDS]: wait (bounded, default 2s) until the agent
+# logged "rules reloaded" more than BEFORE times (tg_agent_log_count taken
+# before the change). Sets TG_POLL_MS.
+tg_wait_reload() {
+	tg_poll "${2:-2}" tg__reloaded_since "$1"
+}
+tg__reloaded_since() {
+	[ "$(tg_agent_log_count 'rules reloaded')" -gt "$1" ]
+}
+
+# tg_start_agent_isolated [ARGS...]: the same as tg_start_agent, which now
+# always puts the admin listener on a free port.
+tg_start_agent_isolated() {
+	tg_start_agent "$@"
 }

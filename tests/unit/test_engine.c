@@ -249,8 +249,10 @@ static void test_settlement_replaces_estimate_once(void **state)
 	 * reservation that could later be settled twice. */
 	request(e, NOON_UTC + 3, "id-2", "bob", NULL, 40, 10, &r);
 	request(e, NOON_UTC + 3, "id-2", "bob", NULL, 40, 10, &r);
+	assert_string_equal(r.action, "allow");
 	assert_int_equal(ledger_open_count(engine_ledger(e)), 1);
-	assert_int_equal(u->requests, 3);
+	assert_int_equal(u->requests, 2);
+	assert_int_equal(u->tokens_in, 321 + 10);
 	engine_free(e);
 }
 
@@ -359,6 +361,7 @@ static void test_api_keys(void **state)
 	request(e, NOON_UTC, "k3", NULL, "Bearer sk-revoked", 400, 100, &r);
 	assert_string_equal(r.action, "deny");
 	assert_string_equal(r.reason, "unknown_key");
+	assert_int_equal(r.retry_after, -1); /* waiting does not fix a bad key */
 	request(e, NOON_UTC, "k4", NULL, "Bearer sk-expired", 400, 100, &r);
 	assert_string_equal(r.reason, "unknown_key");
 	request(e, NOON_UTC, "k5", NULL, "Bearer sk-nobody", 400, 100, &r);
@@ -508,6 +511,26 @@ static void test_bad_input(void **state)
 	engine_free(e);
 }
 
+static void test_completion_allowance_fields(void **state)
+{
+	struct engine *e = engine_new(&cfg, base_policy(-1, -1, -1, 0), NOON_UTC);
+	struct result r;
+	struct msgb b;
+
+	(void)state;
+	msg_init(&b, "llm-request");
+	arg_s(&b, "unique_id", "m1");
+	arg_s(&b, "user", "nina");
+	arg_i(&b, "max_tokens", 50);
+	arg_i(&b, "max_completion_tokens", 70);
+	arg_i(&b, "n", 3);
+	send_msg(e, NOON_UTC, &b, &r);
+	assert_string_equal(r.action, "allow");
+	/* max_completion_tokens wins; each of the 3 choices may use it all. */
+	assert_int_equal(usage_of(e, "nina")->tokens_out, 210);
+	engine_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -521,6 +544,7 @@ int main(void)
 		cmocka_unit_test(test_reservation_expires_at_estimate),
 		cmocka_unit_test(test_day_boundary_across_dst),
 		cmocka_unit_test(test_bad_input),
+		cmocka_unit_test(test_completion_allowance_fields),
 	};
 
 	return cmocka_run_group_tests(tests, setup, NULL);
