@@ -41,6 +41,7 @@ struct batch {
 	struct batch_audit *audit;
 	size_t naudit, audit_cap;
 	char current_day[11];
+	struct batch *next; /* the store's queue */
 };
 
 struct batch *batch_new(void);

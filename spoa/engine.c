@@ -44,6 +44,15 @@ const char *engine_reason_str(enum engine_reason r)
 	return (unsigned)r < ENGINE_REASON_COUNT ? reason_names[r] : "?";
 }
 
+/* Seconds to the next day boundary; today is current (engine_on_message
+ * rolls it first), so no time-zone conversion per request. */
+static int64_t reset_in(const struct engine *e, double now)
+{
+	int64_t s = e->today.end - (int64_t)now;
+
+	return s > 0 ? s : 1;
+}
+
 static void roll_day(struct engine *e, double now)
 {
 	daytime_day_of((int64_t)now, &e->today);
@@ -321,7 +330,7 @@ static void refuse(struct engine *e, double now, const struct request *rq, const
 		   struct ledger_usage *u, enum engine_action action, enum engine_reason why,
 		   const struct policy_limits *lim, int64_t est, struct ack *out)
 {
-	int64_t reset_s = daytime_seconds_to_reset((int64_t)now);
+	int64_t reset_s = reset_in(e, now);
 	struct batch_audit *a;
 
 	e->stats.decisions[action][why]++;
@@ -429,7 +438,7 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 		ack_set_cstr(out, "action", "allow");
 		ack_set_cstr(out, "backend", e->cfg->default_backend);
 		ack_set_cstr(out, "reason", "ok");
-		put_limits(out, &lim, u, daytime_seconds_to_reset((int64_t)now));
+		put_limits(out, &lim, u, reset_in(e, now));
 		return;
 	}
 	/* Allowed: charge the estimate now, correct it when the answer comes. */
@@ -438,7 +447,7 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 	ack_set_cstr(out, "action", "allow");
 	ack_set_cstr(out, "backend", e->cfg->default_backend);
 	ack_set_cstr(out, "reason", "ok");
-	reset_s = daytime_seconds_to_reset((int64_t)now);
+	reset_s = reset_in(e, now);
 	put_limits(out, &lim, u, reset_s);
 
 	r = ledger_reserve(e->ledger, u, (const char *)rq.uid.ptr, rq.uid.len, now);

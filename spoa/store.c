@@ -2,6 +2,7 @@
 #include "store.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <math.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -57,8 +58,10 @@ struct store {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	/* Under mu: */
-	struct batch *pending;   /* submitted batches, merged */
-	size_t pending_batches;
+	/* Submitted batches, oldest first. The loop only links them in; the
+	 * writer merges (coalesces) them, so the loop never pays for that. */
+	struct batch *pending, *pending_tail;
+	size_t pending_batches, pending_rows;
 	struct policy *ready;    /* for the loop */
 	struct policy *dispose;  /* chain through... a small array */
 	struct policy *dispose_list[8];
@@ -563,8 +566,15 @@ static void flush_carried(struct store *s)
 	}
 	pthread_mutex_unlock(&s->mu);
 	if (rc == 0) {
+		size_t rows = batch_rows(s->carried);
+
 		batch_free(s->carried);
 		s->carried = NULL;
+		/* A large batch leaves megabytes that malloc keeps: give them
+		 * back, so that the agent's size follows its users, not its
+		 * busiest second. */
+		if (rows > 10000)
+			malloc_trim(0);
 	}
 }
 
@@ -627,6 +637,24 @@ static void check_changes(struct store *s)
 	ev_async_send(s->loop, &s->async);
 }
 
+/* Merges a list of submitted batches into carried, oldest first, so that
+ * each user-day is written once with its newest values. */
+static void carry(struct store *s, struct batch *list)
+{
+	while (list) {
+		struct batch *next = list->next;
+
+		list->next = NULL;
+		if (!s->carried) {
+			s->carried = list;
+		} else if (batch_merge(s->carried, list) == -1) {
+			LOG_ERROR("db: out of memory merging batches; %zu rows lost", batch_rows(list));
+			batch_free(list);
+		}
+		list = next;
+	}
+}
+
 static void *writer_main(void *arg)
 {
 	struct store *s = arg;
@@ -659,8 +687,9 @@ static void *writer_main(void *arg)
 			}
 		}
 		got = s->pending;
-		s->pending = NULL;
+		s->pending = s->pending_tail = NULL;
 		s->pending_batches = 0;
+		s->pending_rows = 0;
 		ndispose = s->ndispose;
 		memcpy(dispose, s->dispose_list, sizeof(dispose));
 		s->ndispose = 0;
@@ -670,14 +699,7 @@ static void *writer_main(void *arg)
 
 		for (int i = 0; i < ndispose; i++)
 			policy_free(dispose[i]);
-		if (got) {
-			if (!s->carried) {
-				s->carried = got;
-			} else if (batch_merge(s->carried, got) == -1) {
-				LOG_ERROR("db: out of memory merging batches; %zu rows lost", batch_rows(got));
-				batch_free(got);
-			}
-		}
+		carry(s, got);
 		now = mono_now();
 		if (s->carried && (got || now >= next_retry || stop)) {
 			flush_carried(s);
@@ -695,7 +717,7 @@ static void *writer_main(void *arg)
 			next_purge = now + STORE_PURGE_EVERY_S;
 		}
 		pthread_mutex_lock(&s->mu);
-		s->stats.pending_rows = batch_rows(s->carried) + batch_rows(s->pending);
+		s->stats.pending_rows = batch_rows(s->carried) + s->pending_rows;
 	}
 	return NULL;
 }
@@ -736,15 +758,16 @@ int store_start(struct store *s, struct ev_loop *loop, long poll_ms,
 
 void store_submit(struct store *s, struct batch *b)
 {
+	b->next = NULL;
 	pthread_mutex_lock(&s->mu);
-	if (!s->pending) {
+	if (s->pending_tail)
+		s->pending_tail->next = b;
+	else
 		s->pending = b;
-	} else if (batch_merge(s->pending, b) == -1) {
-		LOG_ERROR("db: out of memory queueing a batch; %zu rows lost", batch_rows(b));
-		batch_free(b);
-	}
+	s->pending_tail = b;
 	s->pending_batches++;
-	s->stats.pending_rows = batch_rows(s->carried) + batch_rows(s->pending);
+	s->pending_rows += batch_rows(b);
+	s->stats.pending_rows = batch_rows(s->carried) + s->pending_rows;
 	pthread_cond_signal(&s->cv);
 	pthread_mutex_unlock(&s->mu);
 }
@@ -794,13 +817,8 @@ size_t store_close(struct store *s, long final_wait_ms)
 	}
 	/* The thread is gone: what is left is ours to retry until the
 	 * deadline (a lock held by another process may clear). */
-	if (s->pending) {
-		if (!s->carried)
-			s->carried = s->pending;
-		else if (batch_merge(s->carried, s->pending) == -1)
-			batch_free(s->pending);
-		s->pending = NULL;
-	}
+	carry(s, s->pending);
+	s->pending = s->pending_tail = NULL;
 	while (s->carried) {
 		flush_carried(s);
 		if (!s->carried || mono_now() >= deadline)
