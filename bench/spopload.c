@@ -62,6 +62,7 @@ struct opts {
 	int json;
 	int verbose;
 	int tally;		/* --tally: count the "action" values of ACKs */
+	int settle;		/* --settle: answer each allowed request with llm-response */
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 };
@@ -274,6 +275,8 @@ conn_state_str(enum conn_state s)
 struct slot {
 	uint64_t sid;		/* 0: free */
 	uint64_t t_send;
+	uint64_t req;		/* the request's number, for its unique_id */
+	unsigned fid;		/* frame-id awaited: 1 request, 2 response (--settle) */
 };
 
 struct worker;
@@ -551,6 +554,8 @@ conn_fill(struct conn *c, uint64_t now)
 		c->wlen += (size_t)n;
 		c->slots[slot].sid = sid;
 		c->slots[slot].t_send = now;
+		c->slots[slot].req = c->req_seq - 1;
+		c->slots[slot].fid = 1;
 		c->inflight++;
 		c->w->st.sent++;
 	}
@@ -718,7 +723,7 @@ conn_on_frame(struct conn *c, const struct spopwire_frame *f, uint64_t now)
 	}
 	slot = f->sid == 0 ? 0 : (unsigned)((f->sid - 1) % o->depth);
 	s = &c->slots[slot];
-	if (f->sid == 0 || f->fid != 1 || s->sid != f->sid) {
+	if (f->sid == 0 || f->fid != s->fid || s->sid != f->sid) {
 		conn_fail(c, &c->w->st.protocol_errors, now,
 			  "ACK for unknown sid=%" PRIu64 " fid=%" PRIu64, f->sid, f->fid);
 		return -1;
@@ -744,9 +749,37 @@ conn_on_frame(struct conn *c, const struct spopwire_frame *f, uint64_t now)
 		show_actions(c, f);
 
 	lat = now - s->t_send;
-	s->sid = 0;
-	c->free_slots[c->nfree++] = slot;
-	c->inflight--;
+	if (o->settle && s->fid == 1 && strcmp(tkey, "allow") == 0) {
+		/* As HAProxy does after the provider answered: the same stream,
+		 * the next frame-id, the request's unique_id and its usage. */
+		struct spopwire_arg args[5];
+		char uid[48];
+		int idlen = snprintf(uid, sizeof(uid), "b%u-%" PRIu64, c->id, s->req);
+		size_t room = SPOPWIRE_LEN_SIZE + (size_t)c->max_frame;
+		long n;
+
+		args[0] = (struct spopwire_arg){ "unique_id", spopwire_strn(uid, (size_t)idlen) };
+		args[1] = (struct spopwire_arg){ "status", spopwire_int64(200) };
+		args[2] = (struct spopwire_arg){ "prompt_tokens", spopwire_int64(90) };
+		args[3] = (struct spopwire_arg){ "completion_tokens", spopwire_int64(40) };
+		args[4] = (struct spopwire_arg){ "streamed", spopwire_bool(0) };
+		if (wbuf_reserve(c, room) == -1) {
+			conn_fail(c, &c->w->st.protocol_errors, now, "out of memory");
+			return -1;
+		}
+		n = spopwire_build_notify(c->wbuf + c->wlen, room, s->sid, 2, "llm-response", args, 5);
+		if (n == -1) {
+			conn_fail(c, &c->w->st.protocol_errors, now, "llm-response does not fit");
+			return -1;
+		}
+		c->wlen += (size_t)n;
+		s->fid = 2;
+		s->t_send = now;
+	} else {
+		s->sid = 0;
+		c->free_slots[c->nfree++] = slot;
+		c->inflight--;
+	}
 	if (now < t_warm) {
 		c->w->st.warmup_acks++;
 	} else if (o->total == 0 || atomic_fetch_add(&g_counted, 1) < o->total) {
@@ -1002,6 +1035,10 @@ usage(FILE *out)
 		"  -T MS             timeout for connect, HELLO and each ACK (5000)\n"
 		"  --frame-size N    max-frame-size announced in HAPROXY-HELLO (16380)\n"
 		"  --json            print one JSON object instead of text\n"
+		"  --settle          after each ACK allowing a request, send its\n"
+		"                    llm-response (status 200, 90+40 tokens) on the same\n"
+		"                    stream with frame-id 2, as HAProxy does; both ACKs\n"
+		"                    count as NOTIFYs (implies --tally)\n"
 		"  --tally           count the values of the \"action\" variable set by\n"
 		"                    every ACK (warmup included) and print one line per\n"
 		"                    value, \"tally action=VALUE COUNT\" (\"tally\" object\n"
@@ -1046,6 +1083,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 		{ "frame-size", required_argument, NULL, 'F' },
 		{ "json", no_argument, NULL, 'J' },
 		{ "tally", no_argument, NULL, 'X' },
+		{ "settle", no_argument, NULL, 'S' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1121,6 +1159,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 			break;
 		case 'J': o->json = 1; break;
 		case 'X': o->tally = 1; break;
+		case 'S': o->settle = 1; o->tally = 1; break;
 		case 'v': o->verbose++; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); return -1;

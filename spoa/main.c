@@ -210,10 +210,12 @@ static void on_policy(struct policy *p, void *arg)
 
 static void flush_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	struct batch *b = engine_take_batch(g.env.engine);
+	struct batch *b;
 
 	(void)revents;
-	if (b)
+	/* The writer has not taken the last batch yet: let changes pile up
+	 * in the ledger, where a user's many changes are one dirty entry. */
+	if (store_backlog(g.store) == 0 && (b = engine_take_batch(g.env.engine)))
 		store_submit(g.store, b);
 	w->repeat = (double)engine_policy(g.env.engine)->flush_interval_ms / 1000.0;
 	ev_timer_again(loop, w);

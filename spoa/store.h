@@ -72,6 +72,11 @@ int store_start(struct store *s, struct ev_loop *loop, long poll_ms,
 /* Hands a batch to the writer (owned by the store from now on). */
 void store_submit(struct store *s, struct batch *b);
 
+/* Batches submitted and not yet taken by the writer. The loop holds its
+ * next batch back while this is non-zero: its dirty set then coalesces in
+ * memory for free instead of being merged later. */
+size_t store_backlog(struct store *s);
+
 /* Frees a policy on the writer thread (a large one takes a while). */
 void store_dispose_policy(struct store *s, struct policy *p);
 
