@@ -11,6 +11,13 @@ struct batch *batch_new(void)
 	return calloc(1, sizeof(struct batch));
 }
 
+void batch_reset(struct batch *b)
+{
+	b->nusage = b->naudit = 0;
+	b->current_day[0] = '\0';
+	b->next = NULL;
+}
+
 void batch_free(struct batch *b)
 {
 	if (!b)

@@ -45,6 +45,8 @@ struct batch {
 };
 
 struct batch *batch_new(void);
+/* Empties b, keeping its memory for the next use. */
+void batch_reset(struct batch *b);
 void batch_free(struct batch *b);
 
 /* Appends a zeroed row and returns it, or NULL on allocation failure. */

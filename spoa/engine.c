@@ -26,6 +26,7 @@ struct engine {
 	struct batch *batch;
 	struct daytime_day today;
 	bool day_changed; /* the next batch says so even if nothing else changed */
+	struct batch *spare;
 	struct engine_stats stats;
 };
 
@@ -93,6 +94,7 @@ void engine_free(struct engine *e)
 		return;
 	ledger_free(e->ledger);
 	batch_free(e->batch);
+	batch_free(e->spare);
 	policy_free(e->policy);
 	free(e);
 }
@@ -577,12 +579,25 @@ struct batch *engine_take_batch(struct engine *e)
 	if (ledger_dirty_count(e->ledger) == 0 && e->batch->naudit == 0 && !e->day_changed)
 		return NULL;
 	e->day_changed = false;
-	fresh = batch_new();
+	fresh = e->spare ? e->spare : batch_new();
 	if (!fresh)
 		return NULL; /* try again next time; nothing is lost */
+	e->spare = NULL;
 	ledger_flush_dirty(e->ledger, add_usage, e);
 	b = e->batch;
 	memcpy(b->current_day, e->today.str, sizeof(b->current_day));
 	e->batch = fresh;
 	return b;
+}
+
+void engine_recycle(struct engine *e, struct batch *b)
+{
+	if (!b)
+		return;
+	if (e->spare) {
+		batch_free(b);
+		return;
+	}
+	batch_reset(b);
+	e->spare = b;
 }

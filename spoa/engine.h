@@ -80,6 +80,10 @@ void engine_expire_all(struct engine *e, double now);
  * owns the batch. */
 struct batch *engine_take_batch(struct engine *e);
 
+/* Hands back an emptied batch for the engine to fill next (it keeps one;
+ * any other is freed). */
+void engine_recycle(struct engine *e, struct batch *b);
+
 const struct engine_stats *engine_stats(const struct engine *e);
 const char *engine_action_str(enum engine_action a);
 const char *engine_reason_str(enum engine_reason r);

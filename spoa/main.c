@@ -215,6 +215,7 @@ static void flush_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	(void)revents;
 	/* The writer has not taken the last batch yet: let changes pile up
 	 * in the ledger, where a user's many changes are one dirty entry. */
+	engine_recycle(g.env.engine, store_recycled(g.store));
 	if (store_backlog(g.store) == 0 && (b = engine_take_batch(g.env.engine)))
 		store_submit(g.store, b);
 	w->repeat = (double)engine_policy(g.env.engine)->flush_interval_ms / 1000.0;

@@ -68,6 +68,8 @@ struct store {
 	struct policy *dispose;  /* chain through... a small array */
 	struct policy *dispose_list[8];
 	int ndispose;
+	struct batch *recycled[2];
+	int nrecycled;
 	bool stop;
 	long retention_days;
 	struct store_stats stats;
@@ -569,6 +571,13 @@ static void flush_carried(struct store *s)
 	}
 	pthread_mutex_unlock(&s->mu);
 	if (rc == 0) {
+		pthread_mutex_lock(&s->mu);
+		if (s->nrecycled < 2) {
+			batch_reset(s->carried);
+			s->recycled[s->nrecycled++] = s->carried;
+			s->carried = NULL;
+		}
+		pthread_mutex_unlock(&s->mu);
 		batch_free(s->carried);
 		s->carried = NULL;
 	}
@@ -768,6 +777,17 @@ void store_submit(struct store *s, struct batch *b)
 	pthread_mutex_unlock(&s->mu);
 }
 
+struct batch *store_recycled(struct store *s)
+{
+	struct batch *b = NULL;
+
+	pthread_mutex_lock(&s->mu);
+	if (s->nrecycled > 0)
+		b = s->recycled[--s->nrecycled];
+	pthread_mutex_unlock(&s->mu);
+	return b;
+}
+
 size_t store_backlog(struct store *s)
 {
 	size_t n;
@@ -836,6 +856,8 @@ size_t store_close(struct store *s, long final_wait_ms)
 		LOG_ERROR("db: %zu rows could not be written before exit: %s", lost, s->stats.last_error);
 	batch_free(s->carried);
 	policy_free(s->ready);
+	for (int i = 0; i < s->nrecycled; i++)
+		batch_free(s->recycled[i]);
 	for (int i = 0; i < s->ndispose; i++)
 		policy_free(s->dispose_list[i]);
 	for (int i = 0; i < ST_COUNT; i++)

@@ -77,6 +77,11 @@ void store_submit(struct store *s, struct batch *b);
  * memory for free instead of being merged later. */
 size_t store_backlog(struct store *s);
 
+/* A written batch, emptied, for the loop to fill again (its arrays are
+ * already grown, so the loop does not fault in fresh pages every flush),
+ * or NULL. */
+struct batch *store_recycled(struct store *s);
+
 /* Frees a policy on the writer thread (a large one takes a while). */
 void store_dispose_policy(struct store *s, struct policy *p);
 
