@@ -148,7 +148,8 @@ INSERT INTO model_prices (model, input_usd_per_million, output_usd_per_million) 
 -- while the agent runs: it holds the live counters and overwrites the row.
 CREATE TABLE daily_usage (
     day        TEXT NOT NULL      -- 'YYYY-MM-DD' in settings.time_zone
-        CONSTRAINT daily_usage_day_format CHECK (date(day, '+0 days') IS day),
+        -- A GLOB, not date(): this check runs on every write-behind upsert.
+        CONSTRAINT daily_usage_day_format CHECK (day GLOB '[0-9][0-9][0-9][0-9]-[01][0-9]-[0-3][0-9]'),
     user_id    TEXT NOT NULL,
     tokens_in  INTEGER NOT NULL DEFAULT 0 CHECK (tokens_in >= 0),
     tokens_out INTEGER NOT NULL DEFAULT 0 CHECK (tokens_out >= 0),
@@ -175,7 +176,9 @@ CREATE TABLE audit_log (
     model            TEXT,
     provider         TEXT,              -- HAProxy backend the request was sent to
     action           TEXT NOT NULL      -- what the agent answered
-        CHECK (action IN ('allow', 'deny', 'fallback')),
+        -- Comparisons, not IN (...): SQLite builds a temporary b-tree for
+        -- an IN list on every row, and this table takes one row per request.
+        CHECK (action = 'allow' OR action = 'deny' OR action = 'fallback'),
     reason           TEXT NOT NULL,     -- ok, budget_tokens, budget_requests, budget_cost, global_ceiling, ...
     tokens_estimated INTEGER,
     tokens_in        INTEGER,
@@ -189,7 +192,8 @@ CREATE TABLE audit_log (
         -- expired:   no response before reservation_ttl_s, charged at the estimate
         -- refused:   denied
         -- fallback:  served the fallback answer
-        CHECK (outcome IN ('settled', 'estimated', 'expired', 'refused', 'fallback'))
+        CHECK (outcome = 'settled' OR outcome = 'estimated' OR outcome = 'expired'
+               OR outcome = 'refused' OR outcome = 'fallback')
 );
 
 CREATE INDEX audit_log_decided_at ON audit_log (decided_at);
@@ -197,7 +201,7 @@ CREATE INDEX audit_log_user_decided_at ON audit_log (user_id, decided_at);
 CREATE INDEX audit_log_unique_id ON audit_log (unique_id);
 -- Covers denials_by_reason: only deny/fallback rows are indexed.
 CREATE INDEX audit_log_refusals ON audit_log (decided_at, reason, action)
-    WHERE action IN ('deny', 'fallback');
+    WHERE action = 'deny' OR action = 'fallback';
 
 -- Written by the agent: current_day, started_at, last_flush_at.
 CREATE TABLE agent_state (
@@ -279,7 +283,7 @@ SELECT substr(decided_at, 1, 10) AS day,
        sum(action = 'deny') AS denials,
        sum(action = 'fallback') AS fallbacks
 FROM audit_log
-WHERE action IN ('deny', 'fallback')
+WHERE action = 'deny' OR action = 'fallback'  -- the partial index's own terms
 GROUP BY day, reason
 ORDER BY day DESC, denials + fallbacks DESC, reason;
 

@@ -128,9 +128,45 @@ const struct engine_stats *engine_stats(const struct engine *e)
 
 /* --- arguments --------------------------------------------------------- */
 
-static struct spop_str arg_str(const struct spop_msg *m, const char *name)
+/* The arguments the engine reads, found in one pass over the message. */
+enum arg_id {
+	A_UNIQUE_ID, A_USER, A_AUTH, A_PATH, A_MODEL, A_CONTENT_LENGTH, A_MAX_COMPLETION_TOKENS,
+	A_MAX_TOKENS, A_N, A_STREAM, A_STATUS, A_PROMPT_TOKENS, A_COMPLETION_TOKENS, A_STREAMED,
+	A_COUNT
+};
+
+static const struct {
+	const char *name;
+	size_t len;
+} arg_names[A_COUNT] = {
+#define ARG(s) {s, sizeof(s) - 1}
+	ARG("unique_id"), ARG("user"), ARG("auth"), ARG("path"), ARG("model"), ARG("content_length"),
+	ARG("max_completion_tokens"), ARG("max_tokens"), ARG("n"), ARG("stream"), ARG("status"),
+	ARG("prompt_tokens"), ARG("completion_tokens"), ARG("streamed"),
+#undef ARG
+};
+
+/* args[id] = the first argument of that name, or NULL. */
+static void index_args(const struct spop_msg *m, const struct spop_data *args[A_COUNT])
 {
-	const struct spop_data *d = spop_msg_arg(m, name);
+	memset(args, 0, A_COUNT * sizeof(args[0]));
+	for (unsigned i = 0; i < m->nargs; i++) {
+		const struct spop_str *n = &m->args[i].name;
+
+		/* Length and first byte rule out all but one name cheaply. */
+		for (int k = 0; k < A_COUNT; k++) {
+			if (n->len != arg_names[k].len || n->ptr[0] != (uint8_t)arg_names[k].name[0])
+				continue;
+			if (!args[k] && memcmp(n->ptr, arg_names[k].name, n->len) == 0) {
+				args[k] = &m->args[i].value;
+				break;
+			}
+		}
+	}
+}
+
+static struct spop_str arg_str(const struct spop_data *d)
+{
 	struct spop_str none = {NULL, 0};
 
 	if (!d || (d->type != SPOP_T_STR && d->type != SPOP_T_BIN))
@@ -140,9 +176,8 @@ static struct spop_str arg_str(const struct spop_msg *m, const char *name)
 
 /* An integer argument, or def when missing or not a number. HAProxy sends
  * integers as INT64, but json_query may hand us a string. */
-static int64_t arg_int(const struct spop_msg *m, const char *name, int64_t def)
+static int64_t arg_int(const struct spop_data *d, int64_t def)
 {
-	const struct spop_data *d = spop_msg_arg(m, name);
 	char buf[24];
 
 	if (!d)
@@ -172,17 +207,15 @@ static int64_t arg_int(const struct spop_msg *m, const char *name, int64_t def)
 	}
 }
 
-static bool arg_bool(const struct spop_msg *m, const char *name)
+static bool arg_bool(const struct spop_data *d)
 {
-	const struct spop_data *d = spop_msg_arg(m, name);
-
 	if (!d)
 		return false;
 	if (d->type == SPOP_T_BOOL)
 		return d->v.b;
 	if (d->type == SPOP_T_STR)
 		return spop_str_eq(d->v.s, "true") || spop_str_eq(d->v.s, "1");
-	return arg_int(m, name, 0) != 0;
+	return arg_int(d, 0) != 0;
 }
 
 /* --- audit -------------------------------------------------------------- */
@@ -363,6 +396,7 @@ static void refuse(struct engine *e, double now, const struct request *rq, const
 
 static void decide(struct engine *e, double now, const struct spop_msg *msg, struct ack *out)
 {
+	const struct spop_data *args[A_COUNT];
 	const struct policy *p = e->policy;
 	struct request rq;
 	char user[LEDGER_USER_MAX + 1];
@@ -375,18 +409,19 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 	int64_t est_in, est_out, est_cost, reset_s;
 	double in_price = 0, out_price = 0;
 
-	rq.uid = arg_str(msg, "unique_id");
-	rq.user = arg_str(msg, "user");
-	rq.auth = arg_str(msg, "auth");
-	rq.path = arg_str(msg, "path");
-	rq.model = arg_str(msg, "model");
-	rq.content_length = arg_int(msg, "content_length", 0);
+	index_args(msg, args);
+	rq.uid = arg_str(args[A_UNIQUE_ID]);
+	rq.user = arg_str(args[A_USER]);
+	rq.auth = arg_str(args[A_AUTH]);
+	rq.path = arg_str(args[A_PATH]);
+	rq.model = arg_str(args[A_MODEL]);
+	rq.content_length = arg_int(args[A_CONTENT_LENGTH], 0);
 	/* OpenAI's newer field wins over the deprecated one, as at OpenAI. */
-	rq.max_tokens = arg_int(msg, "max_completion_tokens", 0);
+	rq.max_tokens = arg_int(args[A_MAX_COMPLETION_TOKENS], 0);
 	if (rq.max_tokens <= 0)
-		rq.max_tokens = arg_int(msg, "max_tokens", 0);
-	rq.n = arg_int(msg, "n", 1);
-	rq.stream = arg_bool(msg, "stream");
+		rq.max_tokens = arg_int(args[A_MAX_TOKENS], 0);
+	rq.n = arg_int(args[A_N], 1);
+	rq.stream = arg_bool(args[A_STREAM]);
 
 	if (!identify(e, now, &rq, user, sizeof(user), &tier_hint, &why)) {
 		refuse(e, now, &rq, "", NULL, ENGINE_DENY, why, NULL, 0, out);
@@ -482,8 +517,13 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 /* The provider answered: replace the estimate with the real usage. */
 static void settle(struct engine *e, double now, const struct spop_msg *msg)
 {
-	struct spop_str uid = arg_str(msg, "unique_id");
-	struct ledger_resv *r = ledger_take(e->ledger, (const char *)uid.ptr, uid.len);
+	const struct spop_data *args[A_COUNT];
+	struct spop_str uid;
+	struct ledger_resv *r;
+
+	index_args(msg, args);
+	uid = arg_str(args[A_UNIQUE_ID]);
+	r = ledger_take(e->ledger, (const char *)uid.ptr, uid.len);
 	int64_t status, in, out, cost;
 	bool streamed;
 
@@ -493,10 +533,10 @@ static void settle(struct engine *e, double now, const struct spop_msg *msg)
 		e->stats.late_responses++;
 		return;
 	}
-	status = arg_int(msg, "status", -1);
-	in = arg_int(msg, "prompt_tokens", -1);
-	out = arg_int(msg, "completion_tokens", -1);
-	streamed = arg_bool(msg, "streamed");
+	status = arg_int(args[A_STATUS], -1);
+	in = arg_int(args[A_PROMPT_TOKENS], -1);
+	out = arg_int(args[A_COMPLETION_TOKENS], -1);
+	streamed = arg_bool(args[A_STREAMED]);
 	if (status >= 400 && in < 0 && out < 0) {
 		/* A failed call with no usage: providers do not bill it. */
 		in = out = 0;

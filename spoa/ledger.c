@@ -1,6 +1,7 @@
 /* ledger: counters and reservations (see ledger.h). */
 #include "ledger.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,7 +23,14 @@ struct ledger {
 	struct ledger_resv *oldest, *newest;
 	struct ledger_usage **dirty;
 	size_t ndirty, dirty_cap;
+	/* Freed reservations, all of the largest size, kept for reuse: a
+	 * request and its answer then cost no malloc at all. */
+	struct ledger_resv *pool;
+	size_t npool;
 };
+
+#define LEDGER_POOL_MAX 4096
+#define RESV_SIZE (sizeof(struct ledger_resv) + LEDGER_UID_MAX + 1)
 
 struct ledger *ledger_new(void)
 {
@@ -53,6 +61,12 @@ void ledger_free(struct ledger *l)
 	while (l->oldest)
 		ledger_resv_free(l, ledger_take(l, l->oldest->uid, l->oldest->uid_len));
 	strmap_clear(&l->resv);
+	while (l->pool) {
+		struct ledger_resv *r = l->pool;
+
+		l->pool = r->next;
+		free(r);
+	}
 	for (int i = 0; i < LEDGER_DAYS; i++)
 		day_free(&l->days[i]);
 	free(l->dirty);
@@ -188,13 +202,22 @@ struct ledger_resv *ledger_reserve(struct ledger *l, struct ledger_usage *u, con
 
 	if (uid_len == 0 || uid_len > LEDGER_UID_MAX || strmap_get(&l->resv, uid, uid_len))
 		return NULL;
-	r = calloc(1, sizeof(*r) + uid_len + 1);
-	if (!r)
-		return NULL;
+	if (l->pool) {
+		r = l->pool;
+		l->pool = r->next;
+		l->npool--;
+	} else {
+		r = malloc(RESV_SIZE);
+		if (!r)
+			return NULL;
+	}
+	memset(r, 0, offsetof(struct ledger_resv, model));
+	r->model[0] = r->route[0] = r->provider[0] = '\0';
 	r->u = u;
 	r->created = now;
 	r->uid_len = (uint16_t)uid_len;
 	memcpy(r->uid, uid, uid_len);
+	r->uid[uid_len] = '\0';
 	if (strmap_put(&l->resv, r->uid, uid_len, r) == -1) {
 		free(r);
 		return NULL;
@@ -257,8 +280,15 @@ struct ledger_resv *ledger_take_expired(struct ledger *l, double before)
 
 void ledger_resv_free(struct ledger *l, struct ledger_resv *r)
 {
-	(void)l;
-	free(r);
+	if (!r)
+		return;
+	if (l->npool >= LEDGER_POOL_MAX) {
+		free(r);
+		return;
+	}
+	r->next = l->pool;
+	l->pool = r;
+	l->npool++;
 }
 
 size_t ledger_open_count(const struct ledger *l)
