@@ -198,7 +198,9 @@ CREATE TABLE audit_log (
 
 CREATE INDEX audit_log_decided_at ON audit_log (decided_at);
 CREATE INDEX audit_log_user_decided_at ON audit_log (user_id, decided_at);
-CREATE INDEX audit_log_unique_id ON audit_log (unique_id);
+-- No index on unique_id: a random key per request makes every insert
+-- touch a random page; find one request with its time range instead:
+--   WHERE decided_at >= '...' AND unique_id = '...'
 -- Covers denials_by_reason: only deny/fallback rows are indexed.
 CREATE INDEX audit_log_refusals ON audit_log (decided_at, reason, action)
     WHERE action = 'deny' OR action = 'fallback';
