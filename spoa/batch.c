@@ -13,7 +13,7 @@ struct batch *batch_new(void)
 
 void batch_reset(struct batch *b)
 {
-	b->nusage = b->naudit = 0;
+	b->nusage = b->naudit = b->nhealth = 0;
 	b->current_day[0] = '\0';
 	b->next = NULL;
 }
@@ -24,6 +24,7 @@ void batch_free(struct batch *b)
 		return;
 	free(b->usage);
 	free(b->audit);
+	free(b->health);
 	free(b);
 }
 
@@ -61,6 +62,17 @@ struct batch_audit *batch_add_audit(struct batch *b)
 	b->audit = na;
 	memset(&na[b->naudit], 0, sizeof(*na));
 	return &na[b->naudit++];
+}
+
+struct batch_health *batch_add_health(struct batch *b)
+{
+	struct batch_health *na = grow(b->health, &b->health_cap, b->nhealth, sizeof(*na));
+
+	if (!na)
+		return NULL;
+	b->health = na;
+	memset(&na[b->nhealth], 0, sizeof(*na));
+	return &na[b->nhealth++];
 }
 
 int batch_merge(struct batch *dst, struct batch *src)
@@ -103,6 +115,14 @@ int batch_merge(struct batch *dst, struct batch *src)
 		if (!a)
 			goto fail;
 		*a = src->audit[i];
+	}
+	/* Health rows are upserted in order: the newest wins. */
+	for (size_t i = 0; i < src->nhealth; i++) {
+		struct batch_health *h = batch_add_health(dst);
+
+		if (!h)
+			goto fail;
+		*h = src->health[i];
 	}
 	if (src->current_day[0])
 		memcpy(dst->current_day, src->current_day, sizeof(dst->current_day));

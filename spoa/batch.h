@@ -35,11 +35,25 @@ struct batch_audit {
 	char provider[64];
 };
 
+/* A provider's breaker as it is now (provider_health). */
+struct batch_health {
+	char provider[64];
+	char state[12];
+	char reason[24];
+	int64_t since_ms;
+	int64_t open_until_ms; /* -1: none */
+	int64_t window_requests, window_failures, consecutive, probes;
+	int64_t servers_up; /* -1: unknown */
+	int64_t opened_total, requests_total, failures_total;
+};
+
 struct batch {
 	struct batch_usage *usage;
 	size_t nusage, usage_cap;
 	struct batch_audit *audit;
 	size_t naudit, audit_cap;
+	struct batch_health *health;
+	size_t nhealth, health_cap;
 	char current_day[11];
 	struct batch *next; /* the store's queue */
 };
@@ -52,6 +66,7 @@ void batch_free(struct batch *b);
 /* Appends a zeroed row and returns it, or NULL on allocation failure. */
 struct batch_usage *batch_add_usage(struct batch *b);
 struct batch_audit *batch_add_audit(struct batch *b);
+struct batch_health *batch_add_health(struct batch *b);
 
 /* Moves src's rows into dst: usage rows of the same user-day keep the
  * newest values (they are absolute), audit rows are appended. Used to

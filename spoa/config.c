@@ -30,6 +30,8 @@ static const struct config_key keys[] = {
 	STR(secret_file, "", "file holding the HMAC secret for API keys (default: <db>.secret, created 0600 if missing)"),
 	STR(port_file, "", "write the bound TCP port to this file once listening (for tests and supervisors)"),
 	STR(pid_file, "", "write the process id to this file"),
+	STR(log_socket, "", "unix datagram socket on which HAProxy sends its log lines (how requests without a response ended); empty = none"),
+	INT(log_socket_mode, 0, 0777, "0660", "permissions of log_socket (octal): HAProxy's user must be able to write to it"),
 	STR(admin_listen, "127.0.0.1:9121", "admin HTTP listener for /metrics, /healthz and /state: HOST:PORT (loopback), or empty for none"),
 	STR(admin_port_file, "", "write the admin listener's bound port to this file"),
 	STR(admin_token, "", "if set, the admin listener requires \"Authorization: Bearer <token>\""),

@@ -19,6 +19,7 @@ struct config {
 	char db[CONFIG_STR_MAX];
 	char secret_file[CONFIG_STR_MAX];
 	char port_file[CONFIG_STR_MAX];
+	char log_socket[CONFIG_STR_MAX];
 	char admin_listen[CONFIG_STR_MAX];
 	char admin_port_file[CONFIG_STR_MAX];
 	char admin_token[CONFIG_STR_MAX];
@@ -37,6 +38,7 @@ struct config {
 	long write_buffer_max;
 	long frames_per_event;
 	long unix_socket_mode;
+	long log_socket_mode;
 };
 
 /* Fills every field with its default. */

@@ -8,14 +8,18 @@
 #include <string.h>
 #include <strings.h>
 
+#include "breaker.h"
 #include "crypto.h"
 #include "daytime.h"
+#include "fallback.h"
 #include "log.h"
+#include "strmap.h"
 
 /* A max_tokens above this is treated as this: bounds the reservation a
  * single request can make, whatever the client writes. */
 #define ENGINE_MAX_TOKENS_CAP 10000000
 #define ENGINE_MAX_CHOICES 128
+#define ENGINE_HEALTH_REFRESH_S 5.0
 /* Likewise for the announced body size (4 GB). */
 #define ENGINE_MAX_BODY ((int64_t)1 << 32)
 
@@ -27,12 +31,16 @@ struct engine {
 	struct daytime_day today;
 	bool day_changed; /* the next batch says so even if nothing else changed */
 	struct batch *spare;
+	struct strmap breakers; /* provider name -> struct breaker, kept across policies */
+	double health_at;       /* last time every breaker was snapshotted */
+	double health_now;      /* the time of the snapshot being taken */
 	struct engine_stats stats;
 };
 
 static const char *const action_names[ENGINE_ACTION_COUNT] = {"allow", "deny", "fallback"};
 static const char *const reason_names[ENGINE_REASON_COUNT] = {
 	"ok", "budget_tokens", "budget_requests", "budget_cost", "global_ceiling", "unknown_key", "bad_request",
+	"provider_unhealthy",
 };
 
 const char *engine_action_str(enum engine_action a)
@@ -88,6 +96,36 @@ struct engine *engine_new(const struct config *cfg, struct policy *policy, doubl
 	return e;
 }
 
+static void free_breaker(void *val, void *arg)
+{
+	(void)arg;
+	free(val);
+}
+
+/* The breaker of a provider, created closed on first use. */
+static struct breaker *breaker_of(struct engine *e, const char *name, double now)
+{
+	size_t n = strlen(name);
+	struct breaker *b = strmap_get(&e->breakers, name, n);
+
+	if (b)
+		return b;
+	b = malloc(sizeof(*b));
+	if (!b)
+		return NULL;
+	breaker_init(b, name, now);
+	if (strmap_put(&e->breakers, b->name, strlen(b->name), b) == -1) {
+		free(b);
+		return NULL;
+	}
+	return b;
+}
+
+void engine_each_breaker(const struct engine *e, void (*fn)(const struct breaker *b, void *arg), void *arg)
+{
+	strmap_each(&e->breakers, (void (*)(void *, void *))fn, arg);
+}
+
 void engine_free(struct engine *e)
 {
 	if (!e)
@@ -95,6 +133,8 @@ void engine_free(struct engine *e)
 	ledger_free(e->ledger);
 	batch_free(e->batch);
 	batch_free(e->spare);
+	strmap_each(&e->breakers, free_breaker, NULL);
+	strmap_clear(&e->breakers);
 	policy_free(e->policy);
 	free(e);
 }
@@ -132,6 +172,7 @@ const struct engine_stats *engine_stats(const struct engine *e)
 enum arg_id {
 	A_UNIQUE_ID, A_USER, A_AUTH, A_PATH, A_MODEL, A_CONTENT_LENGTH, A_MAX_COMPLETION_TOKENS,
 	A_MAX_TOKENS, A_N, A_STREAM, A_STATUS, A_PROMPT_TOKENS, A_COMPLETION_TOKENS, A_STREAMED,
+	A_BODY_HEAD, A_BACKEND, A_RETRY_AFTER,
 	A_COUNT
 };
 
@@ -142,7 +183,8 @@ static const struct {
 #define ARG(s) {s, sizeof(s) - 1}
 	ARG("unique_id"), ARG("user"), ARG("auth"), ARG("path"), ARG("model"), ARG("content_length"),
 	ARG("max_completion_tokens"), ARG("max_tokens"), ARG("n"), ARG("stream"), ARG("status"),
-	ARG("prompt_tokens"), ARG("completion_tokens"), ARG("streamed"),
+	ARG("prompt_tokens"), ARG("completion_tokens"), ARG("streamed"), ARG("body_head"), ARG("backend"),
+	ARG("retry_after"),
 #undef ARG
 };
 
@@ -207,6 +249,21 @@ static int64_t arg_int(const struct spop_data *d, int64_t def)
 	}
 }
 
+/* HAProxy's usable-server count for a backend (argument nbsrv_<name>),
+ * or -1 when not sent. */
+static int nbsrv_of(const struct spop_msg *m, const char *backend)
+{
+	size_t blen = strlen(backend);
+
+	for (unsigned i = 0; i < m->nargs; i++) {
+		const struct spop_str *n = &m->args[i].name;
+
+		if (n->len == 6 + blen && memcmp(n->ptr, "nbsrv_", 6) == 0 && memcmp(n->ptr + 6, backend, blen) == 0)
+			return (int)arg_int(&m->args[i].value, -1);
+	}
+	return -1;
+}
+
 static bool arg_bool(const struct spop_data *d)
 {
 	if (!d)
@@ -264,7 +321,8 @@ static void audit_resv(struct engine *e, const struct ledger_resv *r, double now
 /* --- decisions ------------------------------------------------------------ */
 
 struct request {
-	struct spop_str uid, user, auth, path, model;
+	struct spop_str uid, user, auth, path, model, body_head;
+	const struct policy_route *route;
 	int64_t content_length, max_tokens, n;
 	bool stream;
 };
@@ -361,6 +419,22 @@ static enum engine_reason over_budget(const struct policy_limits *lim, const str
 	return ENGINE_OK;
 }
 
+/* The answer HAProxy renders when this request cannot (or did not) get a
+ * provider's: the route's, or the settings' text when no route matched. */
+static void put_fallback_text(struct engine *e, const struct request *rq, struct ack *out)
+{
+	char text[4096];
+	size_t n = 0;
+
+	if (rq->route)
+		n = fallback_compose(rq->route, rq->body_head.ptr, rq->body_head.len, text, sizeof(text));
+	if (n == 0 && (!rq->route || rq->route->fallback == POLICY_FALLBACK_STATIC ||
+		       rq->route->fallback == POLICY_FALLBACK_COMPUTED))
+		n = (size_t)snprintf(text, sizeof(text), "%s", e->policy->fallback_text);
+	if (n > 0)
+		ack_set_str(out, "fallback_text", text, n);
+}
+
 static void refuse(struct engine *e, double now, const struct request *rq, const char *user,
 		   struct ledger_usage *u, enum engine_action action, enum engine_reason why,
 		   const struct policy_limits *lim, int64_t est, struct ack *out)
@@ -374,11 +448,15 @@ static void refuse(struct engine *e, double now, const struct request *rq, const
 	ack_set_cstr(out, "reason", engine_reason_str(why));
 	if (action == ENGINE_DENY) {
 		/* Only a budget comes back by itself, at the day boundary. */
-		if (why != ENGINE_UNKNOWN_KEY && why != ENGINE_BAD_REQUEST)
+		if (why != ENGINE_UNKNOWN_KEY && why != ENGINE_BAD_REQUEST && why != ENGINE_PROVIDER_UNHEALTHY)
 			ack_set_int(out, "retry_after", reset_s);
+	} else if (rq->route && rq->route->fallback == POLICY_FALLBACK_BACKEND) {
+		ack_set_cstr(out, "backend", rq->route->fallback_backend);
 	} else {
-		ack_set_cstr(out, "fallback_text", e->policy->fallback_text);
+		put_fallback_text(e, rq, out);
 	}
+	if (rq->route)
+		ack_set_cstr(out, "route", rq->route->name);
 	if (lim)
 		put_limits(out, lim, u, reset_s);
 	if (u)
@@ -408,6 +486,9 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 	enum engine_reason why = ENGINE_OK;
 	int64_t est_in, est_out, est_cost, reset_s;
 	double in_price = 0, out_price = 0;
+	const struct policy_provider *chosen;
+	const char *backend = e->cfg->default_backend;
+	bool probe = false;
 
 	index_args(msg, args);
 	rq.uid = arg_str(args[A_UNIQUE_ID]);
@@ -422,6 +503,9 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 		rq.max_tokens = arg_int(args[A_MAX_TOKENS], 0);
 	rq.n = arg_int(args[A_N], 1);
 	rq.stream = arg_bool(args[A_STREAM]);
+	rq.body_head = arg_str(args[A_BODY_HEAD]);
+	rq.route = policy_route_for(p, (const char *)rq.path.ptr, rq.path.len, (const char *)rq.model.ptr,
+				    rq.model.len);
 
 	if (!identify(e, now, &rq, user, sizeof(user), &tier_hint, &why)) {
 		refuse(e, now, &rq, "", NULL, ENGINE_DENY, why, NULL, 0, out);
@@ -470,35 +554,80 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 	}
 
 	/* A NOTIFY replayed for a request still open was decided already:
-	 * allow it again without charging twice. */
-	if (rq.uid.len && ledger_is_open(e->ledger, (const char *)rq.uid.ptr, rq.uid.len)) {
-		ack_set_cstr(out, "action", "allow");
-		ack_set_cstr(out, "backend", e->cfg->default_backend);
-		ack_set_cstr(out, "reason", "ok");
-		put_limits(out, &lim, u, reset_in(e, now));
-		return;
+	 * answer the same without charging twice. */
+	if (rq.uid.len) {
+		const struct ledger_resv *open = ledger_find(e->ledger, (const char *)rq.uid.ptr, rq.uid.len);
+
+		if (open) {
+			ack_set_cstr(out, "action", "allow");
+			ack_set_cstr(out, "backend", open->provider);
+			ack_set_cstr(out, "reason", "ok");
+			put_limits(out, &lim, u, reset_in(e, now));
+			return;
+		}
 	}
+
+	/* Which provider: the first of the route's chain that is enabled, has
+	 * a server up in HAProxy's eyes, and whose breaker lets it through. */
+	if (rq.route) {
+		const struct policy_route *rt = rq.route;
+
+		chosen = NULL;
+		for (int i = 0; i < rt->nchain && !chosen; i++) {
+			const struct policy_provider *pr = rt->chain[i];
+			struct breaker *b;
+			int up;
+
+			if (!pr->enabled || !(b = breaker_of(e, pr->name, now)))
+				continue;
+			up = nbsrv_of(msg, pr->name);
+			if (up >= 0)
+				breaker_servers(b, up);
+			if (up == 0)
+				continue;
+			if (breaker_allow(b, pr, now, &probe))
+				chosen = pr;
+		}
+		if (!chosen) {
+			enum engine_action a = rt->fallback == POLICY_FALLBACK_NONE ? ENGINE_DENY : ENGINE_FALLBACK;
+
+			refuse(e, now, &rq, user, u, a, ENGINE_PROVIDER_UNHEALTHY, NULL, est_in + est_out, out);
+			return;
+		}
+		backend = chosen->name;
+	}
+
 	/* Allowed: charge the estimate now, correct it when the answer comes. */
 	e->stats.decisions[ENGINE_ALLOW][ENGINE_OK]++;
 	ledger_charge(e->ledger, u, est_in, est_out, est_cost, 1, 0, 0);
 	ack_set_cstr(out, "action", "allow");
-	ack_set_cstr(out, "backend", e->cfg->default_backend);
+	ack_set_cstr(out, "backend", backend);
 	ack_set_cstr(out, "reason", "ok");
 	reset_s = reset_in(e, now);
 	put_limits(out, &lim, u, reset_s);
+	if (rq.route) {
+		ack_set_cstr(out, "route", rq.route->name);
+		ack_set_int(out, "timeout_ms", rq.route->timeout_ms);
+		/* Last and largest: what HAProxy renders if the provider fails. */
+		if (rq.route->fallback == POLICY_FALLBACK_STATIC || rq.route->fallback == POLICY_FALLBACK_COMPUTED)
+			put_fallback_text(e, &rq, out);
+	}
 
 	r = ledger_reserve(e->ledger, u, (const char *)rq.uid.ptr, rq.uid.len, now);
 	if (!r) {
-		/* No unique-id (or a replay of one): nothing can settle it, so
-		 * the estimate is final. */
+		/* No unique-id: nothing can settle it, so the estimate is final
+		 * and the provider's outcome stays unknown. */
 		struct batch_audit *a = audit_row(e, now, "allow", "ok", "estimated");
 
+		if (probe)
+			breaker_probe_done(breaker_of(e, backend, now));
 		e->stats.settled_estimate++;
 		if (a) {
 			batch_copy(a->uid, sizeof(a->uid), (const char *)rq.uid.ptr, rq.uid.len);
 			batch_copy(a->user, sizeof(a->user), user, strlen(user));
 			batch_copy(a->route, sizeof(a->route), (const char *)rq.path.ptr, rq.path.len);
 			batch_copy(a->model, sizeof(a->model), (const char *)rq.model.ptr, rq.model.len);
+			batch_copy(a->provider, sizeof(a->provider), backend, strlen(backend));
 			a->tokens_estimated = est_in + est_out;
 			a->cost_nano = est_cost;
 		}
@@ -509,9 +638,32 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 	r->est_cost = est_cost;
 	r->in_price = in_price;
 	r->out_price = out_price;
+	r->probe = probe;
 	batch_copy(r->model, sizeof(r->model), (const char *)rq.model.ptr, rq.model.len);
 	batch_copy(r->route, sizeof(r->route), (const char *)rq.path.ptr, rq.path.len);
-	batch_copy(r->provider, sizeof(r->provider), e->cfg->default_backend, strlen(e->cfg->default_backend));
+	batch_copy(r->provider, sizeof(r->provider), backend, strlen(backend));
+}
+
+/* Tells the breaker of the provider that served r how it went. */
+static void feed_breaker(struct engine *e, const struct ledger_resv *r, const char *backend, double now,
+			 int64_t status, int64_t retry_after, bool provider_fault)
+{
+	const struct policy_provider *pr = policy_provider(e->policy, backend[0] ? backend : r->provider);
+	struct breaker *b;
+
+	if (!pr)
+		pr = policy_provider(e->policy, r->provider);
+	if (!pr || !(b = breaker_of(e, pr->name, now)))
+		return;
+	if (status == 429)
+		breaker_rate_limited(b, pr, now, (double)retry_after, r->probe);
+	else if (provider_fault || status >= 500)
+		breaker_result(b, pr, now, true, r->probe);
+	else if (status >= 200)
+		breaker_result(b, pr, now, false, r->probe);
+	else if (r->probe)
+		breaker_probe_done(b);
+	breaker_latency(b, now - r->created);
 }
 
 /* The provider answered: replace the estimate with the real usage. */
@@ -537,6 +689,13 @@ static void settle(struct engine *e, double now, const struct spop_msg *msg)
 	in = arg_int(args[A_PROMPT_TOKENS], -1);
 	out = arg_int(args[A_COMPLETION_TOKENS], -1);
 	streamed = arg_bool(args[A_STREAMED]);
+	{
+		struct spop_str be = arg_str(args[A_BACKEND]);
+		char backend[64];
+
+		batch_copy(backend, sizeof(backend), (const char *)be.ptr, be.len);
+		feed_breaker(e, r, backend, now, status, arg_int(args[A_RETRY_AFTER], 0), false);
+	}
 	if (status >= 400 && in < 0 && out < 0) {
 		/* A failed call with no usage: providers do not bill it. */
 		in = out = 0;
@@ -568,16 +727,74 @@ void engine_on_message(struct engine *e, double now, const struct spop_msg *msg,
 		e->stats.unknown_messages++;
 }
 
+void engine_on_log(struct engine *e, double now, const char *uid, size_t uid_len, const char *backend,
+		   int status, const char *tsc)
+{
+	struct ledger_resv *r = ledger_take(e->ledger, uid, uid_len);
+	bool client_gone, server_fault;
+
+	if (!r)
+		return; /* settled by its response event, or never ours */
+	/* %tsc: the first letter says who ended the session. C/c: the
+	 * client; s/S: the server side (timeout, refused, reset). */
+	client_gone = tsc[0] == 'C' || tsc[0] == 'c';
+	server_fault = tsc[0] == 's' || tsc[0] == 'S';
+	e->stats.settled_by_log++;
+	if (client_gone) {
+		e->stats.client_aborts++;
+		if (r->probe) {
+			struct breaker *b = breaker_of(e, r->provider, now);
+
+			if (b)
+				breaker_probe_done(b);
+		}
+	} else {
+		feed_breaker(e, r, backend, now, status, 0, server_fault);
+	}
+	/* The provider may have worked for it: the estimate stands. */
+	e->stats.settled_estimate++;
+	audit_resv(e, r, now, "estimated", r->est_in, r->est_out, r->est_cost, status);
+	ledger_resv_free(e->ledger, r);
+}
+
 static void expire(struct engine *e, struct ledger_resv *r, double now)
 {
+	if (r->probe) {
+		struct breaker *b = breaker_of(e, r->provider, now);
+
+		if (b)
+			breaker_probe_done(b);
+	}
 	e->stats.expired++;
 	audit_resv(e, r, now, "expired", r->est_in, r->est_out, r->est_cost, -1);
 	ledger_resv_free(e->ledger, r);
 }
 
+static void mark_dirty(void *val, void *arg)
+{
+	(void)arg;
+	((struct breaker *)val)->dirty = true;
+}
+
+static void ensure_breaker(void *val, void *arg)
+{
+	struct engine *e = arg;
+
+	breaker_of(e, ((const struct policy_provider *)val)->name, e->health_now);
+}
+
 void engine_tick(struct engine *e, double now)
 {
 	struct ledger_resv *r;
+
+	e->health_now = now;
+	/* Every provider has a row in provider_health, refreshed every few
+	 * seconds so that its window and timestamps stay current. */
+	strmap_each(&e->policy->providers, ensure_breaker, e);
+	if (now - e->health_at >= ENGINE_HEALTH_REFRESH_S) {
+		e->health_at = now;
+		strmap_each(&e->breakers, mark_dirty, NULL);
+	}
 
 	if (now >= (double)e->today.end || now < (double)e->today.start)
 		roll_day(e, now);
@@ -612,11 +829,48 @@ static void add_usage(const struct ledger_usage *u, void *arg)
 	b->fallbacks = u->fallbacks;
 }
 
+static void add_health(void *val, void *arg)
+{
+	struct breaker *b = val;
+	struct engine *e = arg;
+	const struct policy_provider *pr = policy_provider(e->policy, b->name);
+	struct batch_health *h;
+	uint32_t req = 0, fail = 0;
+
+	if (!b->dirty)
+		return;
+	h = batch_add_health(e->batch);
+	if (!h)
+		return;
+	b->dirty = false;
+	if (pr)
+		breaker_window(b, pr, e->health_now, &req, &fail);
+	batch_copy(h->provider, sizeof(h->provider), b->name, strlen(b->name));
+	if (pr && !pr->enabled)
+		batch_copy(h->state, sizeof(h->state), "disabled", 8);
+	else
+		batch_copy(h->state, sizeof(h->state), breaker_state_str(b->state), strlen(breaker_state_str(b->state)));
+	if (b->reason && b->state != BREAKER_CLOSED)
+		batch_copy(h->reason, sizeof(h->reason), b->reason, strlen(b->reason));
+	h->since_ms = (int64_t)(b->since * 1000.0);
+	h->open_until_ms = b->state == BREAKER_OPEN ? (int64_t)(b->open_until * 1000.0) : -1;
+	h->window_requests = req;
+	h->window_failures = fail;
+	h->consecutive = b->consecutive;
+	h->probes = b->probes_in_flight;
+	h->servers_up = b->servers_up;
+	h->opened_total = (int64_t)b->opened_total;
+	h->requests_total = (int64_t)b->requests_total;
+	h->failures_total = (int64_t)b->failures_total;
+}
+
 struct batch *engine_take_batch(struct engine *e)
 {
 	struct batch *b, *fresh;
 
-	if (ledger_dirty_count(e->ledger) == 0 && e->batch->naudit == 0 && !e->day_changed)
+	strmap_each(&e->breakers, add_health, e);
+	if (ledger_dirty_count(e->ledger) == 0 && e->batch->naudit == 0 && e->batch->nhealth == 0 &&
+	    !e->day_changed)
 		return NULL;
 	e->day_changed = false;
 	fresh = e->spare ? e->spare : batch_new();

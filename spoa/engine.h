@@ -10,9 +10,13 @@
  *
  * Messages (arguments by name; any may be missing):
  *   llm-request   unique_id user auth path method content_length model
- *                 max_tokens stream client_ip
+ *                 max_tokens max_completion_tokens n stream client_ip
+ *                 body_head nbsrv_<backend>...
  *   llm-response  unique_id status prompt_tokens completion_tokens streamed
- *                 model backend
+ *                 model backend retry_after
+ *
+ * and HAProxy's log lines (engine_on_log) for requests whose answer never
+ * produced a response event (timeouts, refused connections, clients gone).
  */
 #ifndef TOKENGATE_ENGINE_H
 #define TOKENGATE_ENGINE_H
@@ -36,6 +40,7 @@ enum engine_reason {
 	ENGINE_GLOBAL_CEILING,
 	ENGINE_UNKNOWN_KEY,
 	ENGINE_BAD_REQUEST,
+	ENGINE_PROVIDER_UNHEALTHY,
 	ENGINE_REASON_COUNT
 };
 
@@ -49,6 +54,8 @@ struct engine_stats {
 	uint64_t cost_nano_charged;
 	uint64_t unknown_messages;
 	uint64_t audit_dropped; /* rows lost to allocation failure */
+	uint64_t settled_by_log; /* closed by HAProxy's log line (no response event) */
+	uint64_t client_aborts;  /* of those, the client went away: not the provider's fault */
 };
 
 struct engine;
@@ -68,6 +75,20 @@ struct ledger *engine_ledger(struct engine *e);
 /* Decides on one message. `now` is wall-clock Unix time. Unknown
  * messages write nothing. */
 void engine_on_message(struct engine *e, double now, const struct spop_msg *msg, struct ack *out);
+
+/*
+ * A request ended (HAProxy's log line): uid, the backend that served it,
+ * the status and the termination state (%tsc). When its reservation is
+ * still open (no response event came), settles it at its estimate and
+ * tells the provider's breaker what happened: a server-side timeout or
+ * abort counts against the provider, a client that went away does not.
+ */
+void engine_on_log(struct engine *e, double now, const char *uid, size_t uid_len, const char *backend,
+		   int status, const char *tsc);
+
+struct breaker;
+/* Calls fn on every provider's breaker (for metrics). */
+void engine_each_breaker(const struct engine *e, void (*fn)(const struct breaker *b, void *arg), void *arg);
 
 /* Rolls the day over and settles expired reservations at their estimate.
  * Call it about once a second. */

@@ -213,6 +213,7 @@ struct ledger_resv *ledger_reserve(struct ledger *l, struct ledger_usage *u, con
 	}
 	memset(r, 0, offsetof(struct ledger_resv, model));
 	r->model[0] = r->route[0] = r->provider[0] = '\0';
+	r->probe = false;
 	r->u = u;
 	r->created = now;
 	r->uid_len = (uint16_t)uid_len;
@@ -254,9 +255,9 @@ static void unlink_resv(struct ledger *l, struct ledger_resv *r)
 		d->open--;
 }
 
-bool ledger_is_open(const struct ledger *l, const char *uid, size_t uid_len)
+const struct ledger_resv *ledger_find(const struct ledger *l, const char *uid, size_t uid_len)
 {
-	return strmap_get(&l->resv, uid, uid_len) != NULL;
+	return strmap_get(&l->resv, uid, uid_len);
 }
 
 struct ledger_resv *ledger_take(struct ledger *l, const char *uid, size_t uid_len)

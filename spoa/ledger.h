@@ -42,6 +42,7 @@ struct ledger_resv {
 	char model[64];
 	char route[96];
 	char provider[64];
+	bool probe; /* a half-open breaker's probe: its outcome must be reported */
 	uint16_t uid_len;
 	char uid[]; /* HAProxy's unique-id */
 };
@@ -84,8 +85,8 @@ int ledger_load(struct ledger *l, const char *user, int64_t tokens_in, int64_t t
 struct ledger_resv *ledger_reserve(struct ledger *l, struct ledger_usage *u, const char *uid,
 				   size_t uid_len, double now);
 
-/* True when a reservation for uid is open. */
-bool ledger_is_open(const struct ledger *l, const char *uid, size_t uid_len);
+/* The open reservation for uid, left in place, or NULL. */
+const struct ledger_resv *ledger_find(const struct ledger *l, const char *uid, size_t uid_len);
 
 /* Removes the open reservation for uid and returns it (the caller frees
  * it with ledger_resv_free), or NULL when there is none: already settled,

@@ -15,6 +15,7 @@
 #include "engine.h"
 #include "http.h"
 #include "listener.h"
+#include "logsock.h"
 #include "log.h"
 #include "metrics.h"
 #include "state.h"
@@ -34,6 +35,7 @@ static struct {
 	struct listener *listener;
 	struct store *store;
 	struct http_server *admin;
+	struct logsock *logsock;
 	struct metrics_sources sources;
 	int stopping;
 	ev_signal sigterm, sigint, sighup;
@@ -251,6 +253,22 @@ static void admin_cb(const char *path, struct http_reply *out, void *arg)
 	}
 }
 
+/* One of HAProxy's log lines: how a request ended. */
+static void log_line_cb(const char *line, size_t len, void *arg)
+{
+	const char *id, *be, *st, *tsc;
+	long idl = logsock_field(line, len, "id", &id), bel = logsock_field(line, len, "be", &be);
+	long stl = logsock_field(line, len, "st", &st), tscl = logsock_field(line, len, "tsc", &tsc);
+	char backend[64], state[8];
+
+	(void)arg;
+	if (idl <= 0 || stl <= 0 || tscl <= 0)
+		return;
+	snprintf(backend, sizeof(backend), "%.*s", bel > 0 ? (int)bel : 0, bel > 0 ? be : "");
+	snprintf(state, sizeof(state), "%.*s", (int)tscl, tsc);
+	engine_on_log(g.env.engine, ev_now(g.env.loop), id, (size_t)idl, backend, atoi(st), state);
+}
+
 static void on_conn_free(void *arg)
 {
 	(void)arg;
@@ -392,6 +410,14 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	g.sources = (struct metrics_sources){&g.env, g.env.engine, g.store, ev_time(), TOKENGATE_VERSION};
+	if (g.cfg.log_socket[0]) {
+		g.logsock = logsock_start(g.env.loop, g.cfg.log_socket, g.cfg.log_socket_mode, log_line_cb, NULL, err,
+					  sizeof(err));
+		if (!g.logsock) {
+			LOG_ERROR("%s", err);
+			return 1;
+		}
+	}
 	if (g.cfg.admin_listen[0]) {
 		g.admin = http_start(g.env.loop, g.cfg.admin_listen, g.cfg.admin_allow_public, g.cfg.admin_token,
 				     admin_cb, NULL, err, sizeof(err));
@@ -439,6 +465,7 @@ int main(int argc, char **argv)
 	conn_free_all(&g.env);
 	listener_free(g.listener);
 	http_stop(g.admin);
+	logsock_stop(g.logsock);
 	/* Whatever was never answered stays charged at its estimate. */
 	engine_expire_all(g.env.engine, ev_now(g.env.loop));
 	{

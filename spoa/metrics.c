@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "breaker.h"
 #include "buf.h"
 #include "ledger.h"
 #include "policy.h"
@@ -93,6 +94,78 @@ static void render_engine(struct buf *b, struct engine *e)
 	    (double)st->unknown_messages);
 	one(b, "tokengate_audit_rows_dropped_total", "counter", "Audit rows lost to memory exhaustion.",
 	    (double)st->audit_dropped);
+	one(b, "tokengate_requests_ended_by_log_total", "counter",
+	    "Reservations closed by HAProxy's log line because no response event came (timeouts, refusals, clients gone).",
+	    (double)st->settled_by_log);
+	one(b, "tokengate_client_aborts_total", "counter",
+	    "Of those, requests whose client went away (not counted against the provider).", (double)st->client_aborts);
+}
+
+struct provider_pass {
+	struct buf *b;
+	int what;
+};
+
+static void provider_line(const struct breaker *br, void *arg)
+{
+	struct provider_pass *pp = arg;
+	struct buf *b = pp->b;
+	uint64_t cum = 0;
+
+	switch (pp->what) {
+	case 0:
+		buf_printf(b, "tokengate_provider_breaker_state{provider=\"%s\"} %d\n", br->name, (int)br->state);
+		break;
+	case 1:
+		buf_printf(b, "tokengate_provider_requests_total{provider=\"%s\",outcome=\"success\"} %llu\n", br->name,
+			   (unsigned long long)(br->requests_total - br->failures_total));
+		buf_printf(b, "tokengate_provider_requests_total{provider=\"%s\",outcome=\"failure\"} %llu\n", br->name,
+			   (unsigned long long)br->failures_total);
+		break;
+	case 2:
+		buf_printf(b, "tokengate_provider_breaker_opened_total{provider=\"%s\"} %llu\n", br->name,
+			   (unsigned long long)br->opened_total);
+		break;
+	case 3:
+		buf_printf(b, "tokengate_provider_servers_up{provider=\"%s\"} %d\n", br->name, br->servers_up);
+		break;
+	case 4:
+		for (int i = 0; i < BREAKER_LAT_BUCKETS; i++) {
+			cum += br->lat_hist[i];
+			if (i < BREAKER_LAT_BUCKETS - 1)
+				buf_printf(b, "tokengate_provider_latency_seconds_bucket{provider=\"%s\",le=\"%g\"} %llu\n",
+					   br->name, breaker_lat_bounds[i], (unsigned long long)cum);
+			else
+				buf_printf(b, "tokengate_provider_latency_seconds_bucket{provider=\"%s\",le=\"+Inf\"} %llu\n",
+					   br->name, (unsigned long long)cum);
+		}
+		buf_printf(b, "tokengate_provider_latency_seconds_sum{provider=\"%s\"} %.6f\n", br->name, br->lat_sum);
+		buf_printf(b, "tokengate_provider_latency_seconds_count{provider=\"%s\"} %llu\n", br->name,
+			   (unsigned long long)cum);
+		break;
+	}
+}
+
+static void render_providers(struct buf *b, struct engine *e)
+{
+	static const char *const heads[][3] = {
+		{"tokengate_provider_breaker_state", "gauge",
+		 "Circuit breaker of each provider: 0 closed, 1 half-open, 2 open."},
+		{"tokengate_provider_requests_total", "counter",
+		 "Provider outcomes seen by the breaker: failure = 5xx, 429, timeout or refused connection."},
+		{"tokengate_provider_breaker_opened_total", "counter", "Times each provider's breaker opened."},
+		{"tokengate_provider_servers_up", "gauge",
+		 "HAProxy's usable servers in the provider's backend at the last request (-1 unknown)."},
+		{"tokengate_provider_latency_seconds", "histogram",
+		 "From the decision to the provider's answer (or the end of the request)."},
+	};
+
+	for (int w = 0; w < 5; w++) {
+		struct provider_pass pp = {b, w};
+
+		head(b, heads[w][0], heads[w][1], heads[w][2]);
+		engine_each_breaker(e, provider_line, &pp);
+	}
 }
 
 static void render_store(struct buf *b, struct store *s)
@@ -139,6 +212,7 @@ char *metrics_render(const struct metrics_sources *m, size_t *len)
 	one(&b, "tokengate_start_time_seconds", "gauge", "Unix time the agent started.", m->started);
 	render_spop(&b, &m->env->stats, m->env->nconns);
 	render_engine(&b, m->engine);
+	render_providers(&b, m->engine);
 	render_store(&b, m->store);
 	return buf_take(&b, len);
 }

@@ -2,6 +2,7 @@
 #include "policy.h"
 
 #include <errno.h>
+#include <fnmatch.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,10 +48,24 @@ static void free_key(void *val, void *arg)
 	free(k);
 }
 
+static void route_free(struct policy_route *r)
+{
+	free(r->name);
+	free(r->path_prefix);
+	free(r->model_glob);
+	free(r->fallback_backend);
+	free(r->fallback_text);
+}
+
 void policy_free(struct policy *p)
 {
 	if (!p)
 		return;
+	for (int i = 0; i < p->nroutes; i++)
+		route_free(&p->routes[i]);
+	free(p->routes);
+	strmap_each(&p->providers, free_val, NULL);
+	strmap_clear(&p->providers);
 	strmap_each(&p->tiers, free_val, NULL);
 	strmap_each(&p->users, free_val, NULL);
 	strmap_each(&p->keys, free_key, NULL);
@@ -314,4 +329,126 @@ const struct policy_price *policy_price(const struct policy *p, const char *mode
 	const struct policy_price *pr = strmap_get(&p->prices, model, len);
 
 	return pr ? pr : p->default_price;
+}
+
+int policy_add_provider(struct policy *p, const char *name, bool enabled, int window_s, int min_requests,
+			double error_rate, int consecutive_failures, int open_s, int half_open_probes)
+{
+	size_t n = strlen(name);
+	struct policy_provider *pr;
+
+	if (n == 0 || n >= 64 || strmap_get(&p->providers, name, n))
+		return 0; /* unusable as a backend name, or a duplicate: ignored */
+	pr = malloc(sizeof(*pr) + n + 1);
+	if (!pr)
+		return -1;
+	pr->enabled = enabled;
+	pr->window_s = window_s < 1 ? 1 : window_s > 300 ? 300 : window_s;
+	pr->min_requests = min_requests < 1 ? 1 : min_requests;
+	pr->error_rate = error_rate <= 0 || error_rate > 1 ? 1 : error_rate;
+	pr->consecutive_failures = consecutive_failures < 1 ? 1 : consecutive_failures;
+	pr->open_s = open_s < 1 ? 1 : open_s;
+	pr->half_open_probes = half_open_probes < 1 ? 1 : half_open_probes;
+	memcpy(pr->name, name, n + 1);
+	if (strmap_put(&p->providers, pr->name, n, pr) == -1) {
+		free(pr);
+		return -1;
+	}
+	return 0;
+}
+
+static char *dup_or_null(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+int policy_add_route(struct policy *p, const char *name, const char *path_prefix, const char *model_glob,
+		     int priority, long timeout_ms, const char *fallback, const char *fallback_backend,
+		     const char *fallback_text, int fallback_max_bytes, char *err, size_t errsz)
+{
+	struct policy_route *nr = realloc(p->routes, (size_t)(p->nroutes + 1) * sizeof(*nr)), *r;
+
+	if (!nr)
+		return -1;
+	p->routes = nr;
+	r = &p->routes[p->nroutes];
+	memset(r, 0, sizeof(*r));
+	if (!strcmp(fallback, "none"))
+		r->fallback = POLICY_FALLBACK_NONE;
+	else if (!strcmp(fallback, "backend"))
+		r->fallback = POLICY_FALLBACK_BACKEND;
+	else if (!strcmp(fallback, "static"))
+		r->fallback = POLICY_FALLBACK_STATIC;
+	else if (!strcmp(fallback, "computed"))
+		r->fallback = POLICY_FALLBACK_COMPUTED;
+	else {
+		snprintf(err, errsz, "routes.%.60s: unknown fallback \"%.20s\"", name, fallback);
+		return -1;
+	}
+	if (r->fallback == POLICY_FALLBACK_BACKEND && (!fallback_backend || !fallback_backend[0])) {
+		snprintf(err, errsz, "routes.%.60s: fallback 'backend' needs fallback_backend", name);
+		return -1;
+	}
+	r->name = strdup(name);
+	r->path_prefix = strdup(path_prefix);
+	r->model_glob = strdup(model_glob[0] ? model_glob : "*");
+	r->fallback_backend = dup_or_null(fallback_backend);
+	r->fallback_text = strdup(fallback_text);
+	r->priority = priority;
+	r->timeout_ms = timeout_ms < 100 ? 100 : timeout_ms;
+	r->fallback_max_bytes = fallback_max_bytes < 64 ? 64 : fallback_max_bytes > 4000 ? 4000 : fallback_max_bytes;
+	p->nroutes++;
+	if (!r->name || !r->path_prefix || !r->model_glob || !r->fallback_text ||
+	    (fallback_backend && !r->fallback_backend))
+		return -1;
+	return 0;
+}
+
+int policy_add_route_provider(struct policy *p, const char *route, const char *provider, char *err,
+			      size_t errsz)
+{
+	const struct policy_provider *pr = policy_provider(p, provider);
+
+	for (int i = 0; i < p->nroutes; i++) {
+		struct policy_route *r = &p->routes[i];
+
+		if (strcmp(r->name, route) != 0)
+			continue;
+		if (!pr) {
+			snprintf(err, errsz, "route_providers: %.60s names unknown provider %.60s", route, provider);
+			return -1;
+		}
+		if (r->nchain < POLICY_CHAIN_MAX)
+			r->chain[r->nchain++] = pr;
+		return 0;
+	}
+	return 0; /* a route that does not exist: nothing to chain */
+}
+
+const struct policy_provider *policy_provider(const struct policy *p, const char *name)
+{
+	return strmap_get(&p->providers, name, strlen(name));
+}
+
+const struct policy_route *policy_route_for(const struct policy *p, const char *path, size_t path_len,
+					    const char *model, size_t model_len)
+{
+	char m[128];
+
+	if (model_len >= sizeof(m))
+		model_len = sizeof(m) - 1;
+	if (model_len)
+		memcpy(m, model, model_len);
+	m[model_len] = '\0';
+	for (int i = 0; i < p->nroutes; i++) {
+		const struct policy_route *r = &p->routes[i];
+		size_t plen = strlen(r->path_prefix);
+
+		if (path_len < plen || (plen && memcmp(path, r->path_prefix, plen) != 0))
+			continue;
+		if (strcmp(r->model_glob, "*") != 0 && (model_len == 0 || fnmatch(r->model_glob, m, 0) != 0))
+			continue;
+		return r;
+	}
+	return NULL;
 }

@@ -49,6 +49,38 @@ struct policy_price {
 	char model[];
 };
 
+/* A provider: an HAProxy backend, and the thresholds of its breaker. */
+struct policy_provider {
+	bool enabled;
+	int window_s;
+	int min_requests;
+	double error_rate;
+	int consecutive_failures;
+	int open_s;
+	int half_open_probes;
+	char name[];
+};
+
+enum policy_fallback { POLICY_FALLBACK_NONE = 0, POLICY_FALLBACK_BACKEND, POLICY_FALLBACK_STATIC, POLICY_FALLBACK_COMPUTED };
+
+#define POLICY_CHAIN_MAX 8
+
+/* A route: which requests, the ordered providers, and what to serve when
+ * none of them can answer. */
+struct policy_route {
+	char *name;
+	char *path_prefix;
+	char *model_glob;
+	int priority;
+	long timeout_ms;
+	enum policy_fallback fallback;
+	char *fallback_backend;
+	char *fallback_text;
+	int fallback_max_bytes;
+	int nchain;
+	const struct policy_provider *chain[POLICY_CHAIN_MAX];
+};
+
 struct policy {
 	/* settings */
 	char time_zone[64];
@@ -64,8 +96,10 @@ struct policy {
 	char unknown_key_action[64]; /* "deny" or a tier name, as written */
 	char default_tier_name[64];
 
-	struct strmap tiers, users, keys, prices;
+	struct strmap tiers, users, keys, prices, providers;
 	const struct policy_price *default_price; /* model '*', or NULL */
+	struct policy_route *routes; /* by priority, then name */
+	int nroutes;
 };
 
 /* A policy with built-in settings and one unlimited tier "default". */
@@ -82,6 +116,15 @@ int policy_add_key(struct policy *p, const char *hmac, const char *user_id, cons
 		   int64_t expires_at, bool revoked);
 int policy_add_price(struct policy *p, const char *model, double in_usd_per_million,
 		     double out_usd_per_million);
+int policy_add_provider(struct policy *p, const char *name, bool enabled, int window_s, int min_requests,
+			double error_rate, int consecutive_failures, int open_s, int half_open_probes);
+/* Routes are added in priority order; links in chain order. */
+int policy_add_route(struct policy *p, const char *name, const char *path_prefix, const char *model_glob,
+		     int priority, long timeout_ms, const char *fallback, const char *fallback_backend,
+		     const char *fallback_text, int fallback_max_bytes, char *err, size_t errsz);
+int policy_add_route_provider(struct policy *p, const char *route, const char *provider, char *err,
+			      size_t errsz);
+
 /* Resolves settings that name tiers; call once after all rows are in. */
 int policy_finish(struct policy *p, char *err, size_t errsz);
 
@@ -93,6 +136,12 @@ const struct policy_tier *policy_limits_of(const struct policy *p, const char *u
 					   const struct policy_tier *tier_hint,
 					   struct policy_limits *out);
 const struct policy_key *policy_key(const struct policy *p, const char *hmac_hex);
+/* The first route matching path and model (a missing model matches '*'
+ * only), or NULL. */
+const struct policy_route *policy_route_for(const struct policy *p, const char *path, size_t path_len,
+					    const char *model, size_t model_len);
+const struct policy_provider *policy_provider(const struct policy *p, const char *name);
+
 /* The model's price, the '*' price, or NULL (free). */
 const struct policy_price *policy_price(const struct policy *p, const char *model, size_t len);
 

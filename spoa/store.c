@@ -31,6 +31,7 @@ enum stmt_id {
 	ST_COMMIT,
 	ST_ROLLBACK,
 	ST_PURGE,
+	ST_HEALTH,
 	ST_COUNT
 };
 
@@ -48,6 +49,16 @@ static const char *const stmt_sql[ST_COUNT] = {
 	[ST_BEGIN] = "BEGIN IMMEDIATE",
 	[ST_COMMIT] = "COMMIT",
 	[ST_ROLLBACK] = "ROLLBACK",
+	[ST_HEALTH] = "INSERT INTO provider_health(provider, state, since, open_until, reason, window_requests, "
+		      "window_failures, consecutive_failures, probes_in_flight, servers_up, opened_total, requests_total, "
+		      "failures_total, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) "
+		      "ON CONFLICT(provider) DO UPDATE SET state = excluded.state, since = excluded.since, "
+		      "open_until = excluded.open_until, reason = excluded.reason, "
+		      "window_requests = excluded.window_requests, window_failures = excluded.window_failures, "
+		      "consecutive_failures = excluded.consecutive_failures, probes_in_flight = excluded.probes_in_flight, "
+		      "servers_up = excluded.servers_up, opened_total = excluded.opened_total, "
+		      "requests_total = excluded.requests_total, failures_total = excluded.failures_total, "
+		      "updated_at = excluded.updated_at",
 	[ST_PURGE] = "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE decided_at < ?1 "
 		     "ORDER BY id LIMIT ?2)",
 };
@@ -274,6 +285,22 @@ static int load_rows(struct store *s, struct policy *p, const char *sql, int kin
 			ret = policy_add_price(p, col_text(st, 0), sqlite3_column_double(st, 1),
 					       sqlite3_column_double(st, 2));
 			break;
+		case 6:
+			ret = policy_add_provider(p, col_text(st, 0), sqlite3_column_int(st, 1) != 0,
+						  sqlite3_column_int(st, 2), sqlite3_column_int(st, 3),
+						  sqlite3_column_double(st, 4), sqlite3_column_int(st, 5),
+						  sqlite3_column_int(st, 6), sqlite3_column_int(st, 7));
+			break;
+		case 7:
+			ret = policy_add_route(p, col_text(st, 0), col_text(st, 1), col_text(st, 2),
+					       sqlite3_column_int(st, 3), (long)sqlite3_column_int64(st, 4),
+					       col_text(st, 5),
+					       sqlite3_column_type(st, 6) == SQLITE_NULL ? NULL : col_text(st, 6),
+					       col_text(st, 7), sqlite3_column_int(st, 8), err, errsz);
+			break;
+		case 8:
+			ret = policy_add_route_provider(p, col_text(st, 0), col_text(st, 1), err, errsz);
+			break;
 		}
 		if (ret == -1 && !err[0])
 			snprintf(err, errsz, "out of memory");
@@ -296,6 +323,11 @@ static struct policy *load_policy(struct store *s, char *err, size_t errsz)
 		("SELECT key_hmac, user_id, tier, COALESCE(CAST(strftime('%s', expires_at) AS INTEGER), 0), "
 		 "revoked_at IS NOT NULL FROM api_keys"),
 		"SELECT model, input_usd_per_million, output_usd_per_million FROM model_prices",
+		"SELECT name, enabled, window_s, min_requests, error_rate, consecutive_failures, open_s, "
+		"half_open_probes FROM providers",
+		"SELECT name, path_prefix, model_glob, priority, timeout_ms, fallback, fallback_backend, fallback_text, "
+		"fallback_max_bytes FROM routes ORDER BY priority, name",
+		"SELECT route, provider FROM route_providers ORDER BY route, position",
 	};
 	struct policy *p = policy_new();
 	char sub[256];
@@ -311,7 +343,7 @@ static struct policy *load_policy(struct store *s, char *err, size_t errsz)
 		policy_free(p);
 		return NULL;
 	}
-	for (int k = 0; k < 6; k++) {
+	for (int k = 0; k < (int)(sizeof(queries) / sizeof(queries[0])); k++) {
 		if (load_rows(s, p, queries[k], k, err, errsz) == -1) {
 			exec(s->db, "ROLLBACK", sub, sizeof(sub));
 			policy_free(p);
@@ -512,6 +544,32 @@ static int write_batch(struct store *s, const struct batch *b)
 		if (step_reset(st) == -1)
 			goto fail;
 	}
+	for (size_t i = 0; i < b->nhealth; i++) {
+		const struct batch_health *h = &b->health[i];
+		sqlite3_stmt *st = s->st[ST_HEALTH];
+		char since[32], until[32];
+
+		daytime_iso_utc_ms(h->since_ms, since, sizeof(since));
+		sqlite3_bind_text(st, 1, h->provider, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, h->state, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, since, -1, SQLITE_STATIC);
+		if (h->open_until_ms >= 0) {
+			daytime_iso_utc_ms(h->open_until_ms, until, sizeof(until));
+			sqlite3_bind_text(st, 4, until, -1, SQLITE_STATIC);
+		}
+		bind_text_or_null(st, 5, h->reason);
+		sqlite3_bind_int64(st, 6, h->window_requests);
+		sqlite3_bind_int64(st, 7, h->window_failures);
+		sqlite3_bind_int64(st, 8, h->consecutive);
+		sqlite3_bind_int64(st, 9, h->probes);
+		bind_int_or_null(st, 10, h->servers_up);
+		sqlite3_bind_int64(st, 11, h->opened_total);
+		sqlite3_bind_int64(st, 12, h->requests_total);
+		sqlite3_bind_int64(st, 13, h->failures_total);
+		sqlite3_bind_text(st, 14, now, -1, SQLITE_STATIC);
+		if (step_reset(st) == -1)
+			goto fail;
+	}
 	if (b->current_day[0]) {
 		sqlite3_stmt *st = s->st[ST_STATE];
 
@@ -537,7 +595,7 @@ fail:
 
 static size_t batch_rows(const struct batch *b)
 {
-	return b ? b->nusage + b->naudit : 0;
+	return b ? b->nusage + b->naudit + b->nhealth : 0;
 }
 
 /* Writes carried (merged with what just came); keeps it on failure. */

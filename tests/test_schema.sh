@@ -316,6 +316,278 @@ check "usage_today uses date('now') when current_day is absent" \
 check "top_spenders_7d uses date('now') when current_day is absent" \
     "SELECT user_id, tokens_total FROM top_spenders_7d;" "zed|7"
 
+# --- migration 002: providers, routes, provider health ------------------------
+text='The assistant is temporarily unavailable, so this is an automatic reply. Please try again in a few minutes.'
+check "providers seeded" "SELECT * FROM providers ORDER BY name;" \
+"provider_primary|Primary LLM provider|1|30|10|0.5|5|30|3
+provider_secondary|Secondary LLM provider|1|30|10|0.5|5|30|3"
+check "routes seeded" "SELECT * FROM routes ORDER BY name;" \
+"chat|/v1/chat/completions|*|10|30000|computed|NULL|$text|600
+default|/v1/|*|1000|30000|static|NULL|$text|600"
+check "route_providers seeded" "SELECT * FROM route_providers ORDER BY route, position;" \
+"chat|1|provider_primary
+chat|2|provider_secondary
+default|1|provider_primary
+default|2|provider_secondary"
+check "provider_health starts empty (the agent writes it)" "SELECT count(*) FROM provider_health;" "0"
+check "routes_in_force: chains in position order, by priority then name" \
+    "SELECT * FROM routes_in_force;" \
+"chat|10|/v1/chat/completions|*|provider_primary,provider_secondary|computed|NULL|30000
+default|1000|/v1/|*|provider_primary,provider_secondary|static|NULL|30000"
+check "provider_status before the agent reports: every provider, state NULL" \
+    "SELECT * FROM provider_status;" \
+"provider_primary|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|1|Primary LLM provider|NULL
+provider_secondary|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|1|Secondary LLM provider|NULL"
+check "routing_problems is empty on a fresh database" "SELECT * FROM routing_problems;" ""
+# Per-row CHECKs without IN lists or date functions (provider_health is
+# written several times a second; the others keep the same style).
+check "002 tables: no IN (...), date() or strftime() in their definitions" \
+    "SELECT name FROM sqlite_master
+     WHERE (name = 'providers' OR name = 'routes' OR name = 'route_providers' OR name = 'provider_health')
+       AND (sql LIKE '% IN (%' OR sql LIKE '%date(%' OR sql LIKE '%strftime(%');" ""
+
+accepts "the agent writes provider_health" \
+    "INSERT INTO providers (name, description, enabled) VALUES ('provider_backup', 'Backup', 0);
+     INSERT INTO provider_health (provider, state, since, open_until, reason, window_requests, window_failures,
+                                  consecutive_failures, probes_in_flight, servers_up, opened_total,
+                                  requests_total, failures_total, updated_at) VALUES
+        ('provider_primary', 'open', '2024-03-15T12:00:00.000Z', '2024-03-15T12:00:30.000Z', 'error_rate',
+         20, 12, 3, 0, 2, 1, 500, 40, '2024-03-15T12:00:05.250Z'),
+        ('provider_secondary', 'closed', '2024-03-15T00:00:01.000Z', NULL, NULL,
+         0, 0, 0, 0, NULL, 0, 7, 0, '2024-03-15T12:00:05.250Z'),
+        ('provider_backup', 'disabled', '2024-03-15T09:00:00.000Z', NULL, NULL,
+         0, 0, 0, 0, 1, 0, 0, 0, '2024-03-15T12:00:05.250Z'),
+        ('provider_gone', 'closed', '2024-03-15T00:00:01.000Z', NULL, NULL,
+         3, 1, 0, 0, 1, 0, 3, 1, '2024-03-15T12:00:05.250Z');"
+check "provider_status: state, since, reason, window error %, servers_up, enabled (current providers only)" \
+    "SELECT * FROM provider_status;" \
+"provider_backup|disabled|2024-03-15T09:00:00.000Z|NULL|NULL|0|0|NULL|0|1|0|Backup|2024-03-15T12:00:05.250Z
+provider_primary|open|2024-03-15T12:00:00.000Z|2024-03-15T12:00:30.000Z|error_rate|20|12|60.0|3|2|1|Primary LLM provider|2024-03-15T12:00:05.250Z
+provider_secondary|closed|2024-03-15T00:00:01.000Z|NULL|NULL|0|0|NULL|0|NULL|1|Secondary LLM provider|2024-03-15T12:00:05.250Z"
+accepts "the agent updates a breaker in place (upsert)" \
+    "INSERT INTO provider_health (provider, state, since, reason, window_requests, window_failures, updated_at)
+     VALUES ('provider_primary', 'half_open', '2024-03-15T12:00:30.000Z', 'error_rate', 3, 1, '2024-03-15T12:00:31.000Z')
+     ON CONFLICT (provider) DO UPDATE SET state = excluded.state, since = excluded.since,
+         open_until = NULL, window_requests = excluded.window_requests,
+         window_failures = excluded.window_failures, updated_at = excluded.updated_at;"
+check "provider_status follows" \
+    "SELECT provider, state, since, open_until, reason, window_error_pct FROM provider_status WHERE provider = 'provider_primary';" \
+    "provider_primary|half_open|2024-03-15T12:00:30.000Z|NULL|error_rate|33.3"
+
+# --- operators' SQL for routes and providers (schema/README.md) ---------------
+rejects "swapping positions in one UPDATE trips the primary key" \
+    "UPDATE route_providers SET position = 3 - position
+     WHERE route = 'chat' AND (position = 1 OR position = 2);"
+accepts "swap primary and secondary of a route via a temporary position" \
+    "BEGIN;
+     UPDATE route_providers SET position = 1000 WHERE route = 'chat' AND position = 1;
+     UPDATE route_providers SET position = 1    WHERE route = 'chat' AND position = 2;
+     UPDATE route_providers SET position = 2    WHERE route = 'chat' AND position = 1000;
+     COMMIT;"
+check "the chat chain is swapped, the default one is not" \
+    "SELECT route, chain FROM routes_in_force;" \
+"chat|provider_secondary,provider_primary
+default|provider_primary,provider_secondary"
+accepts "add a route for a model family, with its chain, in one transaction" \
+    "BEGIN;
+     INSERT INTO routes (name, path_prefix, model_glob, priority, timeout_ms)
+     VALUES ('gpt-4o', '/v1/chat/completions', 'gpt-4o*', 5, 60000);
+     INSERT INTO route_providers (route, position, provider) VALUES
+         ('gpt-4o', 1, 'provider_secondary'),
+         ('gpt-4o', 2, 'provider_primary');
+     COMMIT;"
+accepts "add a provider at the end of a chain" \
+    "INSERT INTO providers (name, description) VALUES ('provider_tertiary', 'Third LLM provider');
+     INSERT INTO route_providers (route, position, provider)
+     SELECT 'gpt-4o', max(position) + 1, 'provider_tertiary' FROM route_providers WHERE route = 'gpt-4o';"
+check "the chain has a third provider" \
+    "SELECT chain FROM routes_in_force WHERE route = 'gpt-4o';" \
+    "provider_secondary,provider_primary,provider_tertiary"
+accepts "remove it again" \
+    "DELETE FROM route_providers WHERE provider = 'provider_tertiary';
+     DELETE FROM providers WHERE name = 'provider_tertiary';"
+accepts "add a route with one provider, no fallback, same priority as chat" \
+    "INSERT INTO routes (name, path_prefix, priority, fallback) VALUES ('embeddings', '/v1/embeddings', 10, 'none');
+     INSERT INTO route_providers (route, position, provider) VALUES ('embeddings', 1, 'provider_primary');"
+check "routes_in_force: the model route first, the tie at priority 10 by name" \
+    "SELECT * FROM routes_in_force;" \
+"gpt-4o|5|/v1/chat/completions|gpt-4o*|provider_secondary,provider_primary|computed|NULL|60000
+chat|10|/v1/chat/completions|*|provider_secondary,provider_primary|computed|NULL|30000
+embeddings|10|/v1/embeddings|*|provider_primary|none|NULL|30000
+default|1000|/v1/|*|provider_primary,provider_secondary|static|NULL|30000"
+check "model_glob is a GLOB (case-sensitive)" \
+    "SELECT name FROM routes WHERE 'gpt-4o-mini' GLOB model_glob AND 'GPT-4o' NOT GLOB model_glob AND model_glob <> '*';" \
+    "gpt-4o"
+accepts "put a provider in maintenance" \
+    "UPDATE providers SET enabled = 0 WHERE name = 'provider_primary';"
+check "maintenance: other chains still have an enabled provider, embeddings has none" \
+    "SELECT provider, enabled FROM provider_status WHERE provider = 'provider_primary';
+     SELECT * FROM routing_problems;" \
+"provider_primary|0
+every provider of the route is disabled|embeddings"
+accepts "change breaker thresholds" \
+    "UPDATE providers SET error_rate = 0.25, window_s = 60, min_requests = 20,
+         consecutive_failures = 3, open_s = 10, half_open_probes = 1
+     WHERE name = 'provider_secondary';"
+check "thresholds changed" \
+    "SELECT window_s, min_requests, error_rate, consecutive_failures, open_s, half_open_probes
+     FROM providers WHERE name = 'provider_secondary';" "60|20|0.25|3|10|1"
+accepts "error_rate = 1 (an integer) is a rate of 100%" \
+    "UPDATE providers SET error_rate = 1 WHERE name = 'provider_backup';"
+accepts "change a route's timeout and fallback text" \
+    "UPDATE routes SET timeout_ms = 5000, fallback = 'static',
+         fallback_text = 'Our assistant is busy. Please retry shortly.'
+     WHERE name = 'chat';"
+accepts "send a route's fallback to a backend" \
+    "UPDATE routes SET fallback = 'backend', fallback_backend = 'fallback_small_model' WHERE name = 'default';"
+check "routes_in_force follows" \
+    "SELECT route, fallback, fallback_backend, timeout_ms FROM routes_in_force WHERE route = 'chat' OR route = 'default';" \
+"chat|static|NULL|5000
+default|backend|fallback_small_model|30000"
+
+# --- constraints (002) ---------------------------------------------------------
+rejects "providers.enabled is 0 or 1" "UPDATE providers SET enabled = 2 WHERE name = 'provider_secondary';"
+rejects "providers.window_s is at least 1" "UPDATE providers SET window_s = 0 WHERE name = 'provider_secondary';"
+rejects "providers.window_s is at most 300" "UPDATE providers SET window_s = 301 WHERE name = 'provider_secondary';"
+rejects "providers.window_s is an integer" "UPDATE providers SET window_s = '30s' WHERE name = 'provider_secondary';"
+rejects "providers.min_requests is at least 1" "UPDATE providers SET min_requests = 0 WHERE name = 'provider_secondary';"
+rejects "providers.error_rate is above 0" "UPDATE providers SET error_rate = 0 WHERE name = 'provider_secondary';"
+rejects "providers.error_rate is at most 1" "UPDATE providers SET error_rate = 1.5 WHERE name = 'provider_secondary';"
+rejects "providers.error_rate is a number" "UPDATE providers SET error_rate = 'half' WHERE name = 'provider_secondary';"
+rejects "providers.consecutive_failures is at least 1" \
+    "UPDATE providers SET consecutive_failures = 0 WHERE name = 'provider_secondary';"
+rejects "providers.open_s is at least 1" "UPDATE providers SET open_s = 0 WHERE name = 'provider_secondary';"
+rejects "providers.half_open_probes is at least 1" "UPDATE providers SET half_open_probes = 0 WHERE name = 'provider_secondary';"
+rejects "providers.name is an HAProxy backend name" "INSERT INTO providers (name) VALUES ('provider one');"
+rejects "providers.name is not empty" "INSERT INTO providers (name) VALUES ('');"
+rejects "providers.name is under 64 bytes" "INSERT INTO providers (name) VALUES ('$(printf '%064d' 0)');"
+rejects "routes.timeout_ms is at least 100" "UPDATE routes SET timeout_ms = 99 WHERE name = 'chat';"
+rejects "routes.timeout_ms is at most 600000" "UPDATE routes SET timeout_ms = 600001 WHERE name = 'chat';"
+rejects "routes.timeout_ms is an integer" "UPDATE routes SET timeout_ms = '5s' WHERE name = 'chat';"
+rejects "routes.fallback is one of the four" "UPDATE routes SET fallback = 'retry' WHERE name = 'chat';"
+rejects "fallback 'backend' needs fallback_backend" "UPDATE routes SET fallback = 'backend' WHERE name = 'chat';"
+rejects "fallback_backend is not empty" "UPDATE routes SET fallback_backend = '' WHERE name = 'default';"
+rejects "routes.fallback_max_bytes is at least 64" "UPDATE routes SET fallback_max_bytes = 63 WHERE name = 'chat';"
+rejects "routes.fallback_max_bytes is at most 4000" "UPDATE routes SET fallback_max_bytes = 4001 WHERE name = 'chat';"
+rejects "fallback_text fits in fallback_max_bytes" \
+    "UPDATE routes SET fallback_max_bytes = 64 WHERE name = 'default';"
+rejects "routes.path_prefix starts with /" "UPDATE routes SET path_prefix = 'v1/' WHERE name = 'chat';"
+rejects "routes.path_prefix has no space" "UPDATE routes SET path_prefix = '/v1/ chat' WHERE name = 'chat';"
+rejects "routes.model_glob is not empty" "UPDATE routes SET model_glob = '' WHERE name = 'chat';"
+rejects "routes.priority is an integer" "UPDATE routes SET priority = 'high' WHERE name = 'chat';"
+rejects "route_providers.position is at least 1" \
+    "INSERT INTO route_providers (route, position, provider) VALUES ('chat', 0, 'provider_backup');"
+rejects "route_providers names an existing provider" \
+    "INSERT INTO route_providers (route, position, provider) VALUES ('chat', 3, 'provider_nope');"
+rejects "route_providers names an existing route" \
+    "INSERT INTO route_providers (route, position, provider) VALUES ('nope', 1, 'provider_primary');"
+rejects "provider_health.state is one of the four" \
+    "UPDATE provider_health SET state = 'broken' WHERE provider = 'provider_secondary';"
+rejects "provider_health.reason is one of the five" \
+    "UPDATE provider_health SET reason = 'bad_luck' WHERE provider = 'provider_secondary';"
+rejects "provider_health.since carries milliseconds" \
+    "UPDATE provider_health SET since = '2024-03-15T12:00:00Z' WHERE provider = 'provider_secondary';"
+rejects "provider_health counters are not negative" \
+    "UPDATE provider_health SET window_failures = -1 WHERE provider = 'provider_secondary';"
+
+# --- cascades -------------------------------------------------------------------
+accepts "rename a route" "UPDATE routes SET name = 'chat_v2' WHERE name = 'chat';"
+check "renaming a route carries its chain" \
+    "SELECT route, position, provider FROM route_providers WHERE route LIKE 'chat%' ORDER BY route, position;" \
+"chat_v2|1|provider_secondary
+chat_v2|2|provider_primary"
+accepts "rename a provider" "UPDATE providers SET name = 'provider_main' WHERE name = 'provider_primary';"
+check "renaming a provider cascades to every chain" \
+    "SELECT route, chain FROM routes_in_force;" \
+"gpt-4o|provider_secondary,provider_main
+chat_v2|provider_secondary,provider_main
+embeddings|provider_main
+default|provider_main,provider_secondary"
+rejects "a provider in a chain cannot be deleted" "DELETE FROM providers WHERE name = 'provider_main';"
+accepts "a provider in no chain can be deleted" "DELETE FROM providers WHERE name = 'provider_backup';"
+accepts "delete a route" "DELETE FROM routes WHERE name = 'gpt-4o';"
+check "deleting a route deletes its chain" \
+    "SELECT count(*) FROM route_providers WHERE route = 'gpt-4o';" "0"
+check "foreign_key_check is still empty" "PRAGMA foreign_key_check;" ""
+
+# --- routing_problems -----------------------------------------------------------
+accepts "misrouting written without foreign keys or checks" \
+    "PRAGMA foreign_keys = OFF;
+     UPDATE providers SET enabled = 0;
+     INSERT INTO routes (name, priority) VALUES ('empty', 50);
+     DELETE FROM routes WHERE name = 'embeddings';
+     INSERT INTO route_providers (route, position, provider) VALUES ('chat_v2', 3, 'provider_nope');
+     WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 9)
+     INSERT INTO route_providers (route, position, provider)
+         SELECT 'default', i + 10, 'provider_main' FROM n;
+     PRAGMA ignore_check_constraints = ON;
+     UPDATE routes SET fallback = 'backend', fallback_backend = NULL WHERE name = 'chat_v2';"
+check "routing_problems lists it" "SELECT * FROM routing_problems;" \
+"route has no provider|empty
+every provider of the route is disabled|chat_v2
+every provider of the route is disabled|default
+route has more than 8 providers (the agent uses the first 8)|default
+route_providers names a missing provider|chat_v2 3: provider_nope
+route_providers names a missing route|embeddings 1: provider_main
+fallback backend without fallback_backend|chat_v2"
+accepts "misrouting repaired" \
+    "UPDATE providers SET enabled = 1 WHERE name = 'provider_secondary';
+     DELETE FROM routes WHERE name = 'empty';
+     DELETE FROM route_providers WHERE route = 'embeddings' OR provider = 'provider_nope' OR position > 10;
+     UPDATE routes SET fallback = 'computed' WHERE name = 'chat_v2';"
+check "routing_problems is empty again" "SELECT * FROM routing_problems;" ""
+check "config_problems and routing_problems combine (README)" \
+    "SELECT * FROM config_problems UNION ALL SELECT * FROM routing_problems;" ""
+accepts "the agent reports on the renamed provider: a 429 opened it" \
+    "INSERT INTO provider_health (provider, state, since, open_until, reason, window_requests, window_failures,
+                                  servers_up, updated_at)
+     VALUES ('provider_main', 'open', '2024-03-15T13:00:00.000Z', '2024-03-15T13:00:05.000Z', 'rate_limited',
+             8, 1, 2, '2024-03-15T13:00:00.500Z');"
+check "breakers that are not closed (README)" \
+    "SELECT provider, state, since, open_until, reason, window_error_pct, servers_up
+     FROM provider_status WHERE state <> 'closed';" \
+    "provider_main|open|2024-03-15T13:00:00.000Z|2024-03-15T13:00:05.000Z|rate_limited|12.5|2"
+check "foreign_key_check is empty again" "PRAGMA foreign_key_check;" ""
+
+# --- upgrading a version-1 database ---------------------------------------------
+# migrate DB FILE VERSION: as the agent does; fails (rolled back) on any error.
+migrate() {
+    { echo "PRAGMA foreign_keys = ON;"; echo "BEGIN;"; cat "$2"; echo;
+      echo "PRAGMA user_version = $3;"; echo "COMMIT;"; } | sqlite3 -batch -bail "$1" >/dev/null 2>&1
+}
+up=$tmp/upgrade.db
+if migrate "$up" "$here/schema/001_init.sql" 1 &&
+   sqlite3 -batch "$up" "INSERT INTO users (user_id, tier) VALUES ('alice', 'free');" &&
+   migrate "$up" "$here/schema/002_providers_routes.sql" 2 &&
+   [ "$(sqlite3 -batch "$up" "PRAGMA user_version; SELECT tier FROM users; SELECT count(*) FROM routes_in_force;")" = "2
+free
+2" ]; then
+    ok "002 upgrades a version-1 database with data, keeping it"
+else
+    not_ok "002 upgrades a version-1 database with data, keeping it"
+fi
+up=$tmp/upgrade_fail.db
+if migrate "$up" "$here/schema/001_init.sql" 1 &&
+   sqlite3 -batch "$up" "CREATE TABLE route_providers (x);" &&
+   ! migrate "$up" "$here/schema/002_providers_routes.sql" 2 &&
+   [ "$(sqlite3 -batch "$up" "PRAGMA user_version; SELECT count(*) FROM sqlite_master WHERE name = 'providers' OR name = 'routes';")" = "1
+0" ]; then
+    ok "a failing 002 is rolled back whole (no BEGIN/COMMIT of its own)"
+else
+    not_ok "a failing 002 is rolled back whole (no BEGIN/COMMIT of its own)"
+fi
+bad=$(for f in "$here"/schema/[0-9][0-9][0-9]_*.sql; do
+          sed 's/--.*//' "$f" |
+          grep -Eiq '^[[:space:]]*(BEGIN|COMMIT|END|ROLLBACK)([[:space:]]+(TRANSACTION|DEFERRED|IMMEDIATE|EXCLUSIVE))?[[:space:]]*;|PRAGMA[[:space:]]+user_version' &&
+          basename "$f"
+      done)
+if [ -z "$bad" ]; then
+    ok "no migration holds BEGIN/COMMIT or PRAGMA user_version"
+else
+    not_ok "no migration holds BEGIN/COMMIT or PRAGMA user_version"
+    echo "$bad" | sed 's/^/#   /'
+fi
+
 # --- schema/embed.sh ----------------------------------------------------------
 cc=${CC:-cc}
 if ! command -v "$cc" >/dev/null 2>&1; then
@@ -352,6 +624,12 @@ EOF
             ok "embed.sh lists every migration in order with its version"
         else
             not_ok "embed.sh lists every migration in order with its version"
+        fi
+        if [ "$("$tmp/dump" "$tmp/out" | sed -n 1,2p)" = "1 001_init.sql
+2 002_providers_routes.sql" ]; then
+            ok "embed.sh embeds 001_init.sql as version 1, then 002_providers_routes.sql as version 2"
+        else
+            not_ok "embed.sh embeds 001_init.sql as version 1, then 002_providers_routes.sql as version 2"
         fi
         # Awkward bytes: escapes, trigraphs, quotes, tab, UTF-8, CRLF, no final newline.
         mkdir "$tmp/odd" "$tmp/odd/out"

@@ -1,0 +1,115 @@
+/* logsock: HAProxy's log lines over a unix datagram socket (see logsock.h). */
+#include "logsock.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define LOGSOCK_DGRAM_MAX 8192
+#define LOGSOCK_PER_EVENT 256
+
+struct logsock {
+	struct ev_loop *loop;
+	int fd;
+	ev_io io;
+	logsock_line_fn fn;
+	void *arg;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+};
+
+static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct logsock *s = (struct logsock *)((char *)w - offsetof(struct logsock, io));
+	char buf[LOGSOCK_DGRAM_MAX];
+
+	(void)loop;
+	(void)revents;
+	for (int i = 0; i < LOGSOCK_PER_EVENT; i++) {
+		ssize_t n = recv(s->fd, buf, sizeof(buf) - 1, 0);
+
+		if (n == -1) {
+			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+				LOG_WARN("log socket %s: %s", s->path, strerror(errno));
+			return;
+		}
+		while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == '\0'))
+			n--;
+		buf[n] = '\0';
+		s->fn(buf, (size_t)n, s->arg);
+	}
+}
+
+struct logsock *logsock_start(struct ev_loop *loop, const char *path, long mode, logsock_line_fn fn, void *arg,
+			      char *err, size_t errsz)
+{
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	struct logsock *s;
+	int rcvbuf = 4 << 20;
+
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		snprintf(err, errsz, "log_socket: path too long: %s", path);
+		return NULL;
+	}
+	s = calloc(1, sizeof(*s));
+	if (!s) {
+		snprintf(err, errsz, "log_socket: out of memory");
+		return NULL;
+	}
+	strcpy(sun.sun_path, path);
+	strcpy(s->path, path);
+	s->loop = loop;
+	s->fn = fn;
+	s->arg = arg;
+	s->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (s->fd == -1)
+		goto fail;
+	/* Room for bursts of lines while the loop is busy. */
+	setsockopt(s->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+	unlink(path);
+	if (bind(s->fd, (struct sockaddr *)&sun, sizeof(sun)) == -1 || chmod(path, (mode_t)mode) == -1)
+		goto fail;
+	ev_io_init(&s->io, read_cb, s->fd, EV_READ);
+	ev_io_start(loop, &s->io);
+	return s;
+fail:
+	snprintf(err, errsz, "log_socket %s: %s", path, strerror(errno));
+	if (s->fd != -1)
+		close(s->fd);
+	free(s);
+	return NULL;
+}
+
+void logsock_stop(struct logsock *s)
+{
+	if (!s)
+		return;
+	ev_io_stop(s->loop, &s->io);
+	close(s->fd);
+	unlink(s->path);
+	free(s);
+}
+
+long logsock_field(const char *line, size_t len, const char *key, const char **val)
+{
+	size_t klen = strlen(key);
+	const char *p = line, *end = line + len;
+
+	while (p < end) {
+		const char *tok = p, *sp = memchr(p, ' ', (size_t)(end - p));
+		const char *tend = sp ? sp : end;
+
+		if ((size_t)(tend - tok) > klen && memcmp(tok, key, klen) == 0 && tok[klen] == '=') {
+			*val = tok + klen + 1;
+			return (long)(tend - *val);
+		}
+		p = tend + 1;
+	}
+	return -1;
+}

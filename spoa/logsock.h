@@ -1,0 +1,37 @@
+/*
+ * logsock: a unix datagram socket on which HAProxy sends its log lines
+ * (haproxy.cfg: `log /path/to/socket format raw local0`). The agent reads
+ * them to learn how requests that produced no response event ended:
+ * server timeouts and refused connections count against the provider, a
+ * client that went away does not.
+ *
+ * Why this channel: it is the only one HAProxy 2.6 offers for the end of
+ * every stream (http-response rules never run for HAProxy's own 502/503/504
+ * or for a client abort). Datagrams on a local unix socket are not lost
+ * silently: when the agent lags, HAProxy's send fails and it counts the
+ * line as dropped; the reservation is then closed by its TTL.
+ */
+#ifndef TOKENGATE_LOGSOCK_H
+#define TOKENGATE_LOGSOCK_H
+
+#include <ev.h>
+#include <stddef.h>
+
+struct logsock;
+
+typedef void (*logsock_line_fn)(const char *line, size_t len, void *arg);
+
+/* Binds path (replacing a stale socket) with the given mode and reads
+ * datagrams on loop. NULL with err on failure. */
+struct logsock *logsock_start(struct ev_loop *loop, const char *path, long mode, logsock_line_fn fn, void *arg,
+			      char *err, size_t errsz);
+void logsock_stop(struct logsock *s);
+
+/*
+ * The value of `key=` in a log line (a space-separated key=value list; a
+ * syslog header before it is skipped naturally). Returns its length and
+ * sets *val, or -1 when absent.
+ */
+long logsock_field(const char *line, size_t len, const char *key, const char **val);
+
+#endif
