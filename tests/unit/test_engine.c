@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "ack.h"
+#include "breaker.h"
 #include "config.h"
 #include "crypto.h"
 #include "daytime.h"
@@ -531,6 +532,197 @@ static void test_completion_allowance_fields(void **state)
 	engine_free(e);
 }
 
+/* A policy with the two providers and a chat route. */
+static struct policy *routed_policy(const char *fallback)
+{
+	struct policy *p = base_policy(-1, -1, -1, 0);
+	char err[128];
+
+	/* window 30 s, min 4 requests, 50 %, 3 in a row, open 10 s, 2 probes */
+	assert_int_equal(policy_add_provider(p, "provider_primary", true, 30, 4, 0.5, 3, 10, 2), 0);
+	assert_int_equal(policy_add_provider(p, "provider_secondary", true, 30, 4, 0.5, 3, 10, 2), 0);
+	assert_int_equal(policy_add_route(p, "chat", "/v1/chat/completions", "*", 10, 1500, fallback,
+					  !strcmp(fallback, "backend") ? "fallback_local" : NULL, "Sorry, later.", 200,
+					  err, sizeof(err)), 0);
+	assert_int_equal(policy_add_route_provider(p, "chat", "provider_primary", err, sizeof(err)), 0);
+	assert_int_equal(policy_add_route_provider(p, "chat", "provider_secondary", err, sizeof(err)), 0);
+	assert_int_equal(policy_finish(p, err, sizeof(err)), 0);
+	return p;
+}
+
+static void routed_request(struct engine *e, double now, const char *uid, int up_primary, struct result *r)
+{
+	struct msgb b;
+
+	msg_init(&b, "llm-request");
+	arg_s(&b, "unique_id", uid);
+	arg_s(&b, "user", "olga");
+	arg_s(&b, "path", "/v1/chat/completions");
+	arg_s(&b, "model", "gpt-4o-mini");
+	arg_i(&b, "content_length", 100);
+	arg_i(&b, "max_tokens", 10);
+	arg_s(&b, "body_head", "{\"messages\":[{\"role\":\"user\",\"content\":\"What is 2+2?\\n\\nThanks\"}]}");
+	if (up_primary >= 0)
+		arg_i(&b, "nbsrv_provider_primary", up_primary);
+	send_msg(e, now, &b, r);
+}
+
+static void routed_response(struct engine *e, double now, const char *uid, const char *backend, int status,
+			    int retry_after)
+{
+	struct msgb b;
+	struct result r;
+
+	msg_init(&b, "llm-response");
+	arg_s(&b, "unique_id", uid);
+	arg_i(&b, "status", status);
+	arg_s(&b, "backend", backend);
+	if (status == 200) {
+		arg_i(&b, "prompt_tokens", 10);
+		arg_i(&b, "completion_tokens", 5);
+	}
+	if (retry_after > 0)
+		arg_i(&b, "retry_after", retry_after);
+	send_msg(e, now, &b, &r);
+}
+
+static void test_breaker_moves_traffic_to_secondary_and_back(void **state)
+{
+	struct engine *e = engine_new(&cfg, routed_policy("computed"), NOON_UTC);
+	struct result r;
+	char uid[16];
+	double t = NOON_UTC;
+	int i;
+
+	(void)state;
+	/* Three 500s in a row from the primary open its breaker. */
+	for (i = 0; i < 3; i++) {
+		snprintf(uid, sizeof(uid), "f%d", i);
+		routed_request(e, t, uid, -1, &r);
+		assert_string_equal(r.backend, "provider_primary");
+		/* The fallback text rides along, for HAProxy to render if the
+		 * provider fails: the route's text and the user's question. */
+		assert_string_equal(r.fallback, "Sorry, later.\n\n> What is 2+2?");
+		routed_response(e, t, uid, "provider_primary", 500, 0);
+	}
+	routed_request(e, t + 1, "s1", -1, &r);
+	assert_string_equal(r.action, "allow");
+	assert_string_equal(r.backend, "provider_secondary");
+	routed_response(e, t + 1, "s1", "provider_secondary", 200, 0);
+	/* Still open 9 s later; half-open after 10 s: two probes, then the
+	 * third request goes to the secondary while they are in flight. */
+	routed_request(e, t + 9, "s2", -1, &r);
+	assert_string_equal(r.backend, "provider_secondary");
+	routed_request(e, t + 11, "p1", -1, &r);
+	assert_string_equal(r.backend, "provider_primary");
+	routed_request(e, t + 11, "p2", -1, &r);
+	assert_string_equal(r.backend, "provider_primary");
+	routed_request(e, t + 11, "s3", -1, &r);
+	assert_string_equal(r.backend, "provider_secondary");
+	/* Both probes succeed: closed, traffic is back. */
+	routed_response(e, t + 12, "p1", "provider_primary", 200, 0);
+	routed_response(e, t + 12, "p2", "provider_primary", 200, 0);
+	routed_request(e, t + 12, "b1", -1, &r);
+	assert_string_equal(r.backend, "provider_primary");
+	engine_free(e);
+}
+
+static void test_provider_429_closes_the_door_for_retry_after(void **state)
+{
+	struct engine *e = engine_new(&cfg, routed_policy("computed"), NOON_UTC);
+	struct result r;
+
+	(void)state;
+	routed_request(e, NOON_UTC, "a", -1, &r);
+	routed_response(e, NOON_UTC + 0.5, "a", "provider_primary", 429, 5);
+	routed_request(e, NOON_UTC + 5.4, "b", -1, &r);
+	assert_string_equal(r.backend, "provider_secondary");
+	routed_request(e, NOON_UTC + 5.6, "c", -1, &r);
+	assert_string_equal(r.backend, "provider_primary"); /* a probe, 5 s after the 429 */
+	engine_free(e);
+}
+
+static void test_haproxy_view_and_unhealthy_fallbacks(void **state)
+{
+	struct engine *e = engine_new(&cfg, routed_policy("computed"), NOON_UTC);
+	struct result r;
+	struct msgb b;
+
+	(void)state;
+	/* HAProxy sees no server in the primary: skipped, no breaker change. */
+	routed_request(e, NOON_UTC, "a", 0, &r);
+	assert_string_equal(r.backend, "provider_secondary");
+	engine_free(e);
+
+	/* Both providers open: the route's fallback, free of charge. */
+	e = engine_new(&cfg, routed_policy("computed"), NOON_UTC);
+	for (int i = 0; i < 3; i++) {
+		char uid[8];
+
+		snprintf(uid, sizeof(uid), "p%d", i);
+		routed_request(e, NOON_UTC, uid, -1, &r);
+		routed_response(e, NOON_UTC, uid, "provider_primary", 503, 0);
+		snprintf(uid, sizeof(uid), "s%d", i);
+		routed_request(e, NOON_UTC, uid, -1, &r);
+		routed_response(e, NOON_UTC, uid, "provider_secondary", 502, 0);
+	}
+	routed_request(e, NOON_UTC + 1, "x", -1, &r);
+	assert_string_equal(r.action, "fallback");
+	assert_string_equal(r.reason, "provider_unhealthy");
+	assert_string_equal(r.fallback, "Sorry, later.\n\n> What is 2+2?");
+	assert_int_equal(usage_of(e, "olga")->fallbacks, 1);
+	assert_int_equal(usage_of(e, "olga")->requests, 6);
+	engine_free(e);
+
+	/* A route without a fallback refuses (HAProxy answers 503). */
+	e = engine_new(&cfg, routed_policy("none"), NOON_UTC);
+	routed_request(e, NOON_UTC, "a", 0, &r);
+	msg_init(&b, "llm-request");
+	arg_s(&b, "unique_id", "b");
+	arg_s(&b, "user", "olga");
+	arg_s(&b, "path", "/v1/chat/completions");
+	arg_i(&b, "nbsrv_provider_primary", 0);
+	arg_i(&b, "nbsrv_provider_secondary", 0);
+	send_msg(e, NOON_UTC, &b, &r);
+	assert_string_equal(r.action, "deny");
+	assert_string_equal(r.reason, "provider_unhealthy");
+	assert_int_equal(r.retry_after, -1);
+	engine_free(e);
+}
+
+static void test_log_lines_tell_timeouts_from_clients_gone(void **state)
+{
+	struct engine *e = engine_new(&cfg, routed_policy("computed"), NOON_UTC);
+	struct result r;
+	char uid[16];
+
+	(void)state;
+	/* Clients that go away never open the provider's breaker. */
+	for (int i = 0; i < 5; i++) {
+		snprintf(uid, sizeof(uid), "c%d", i);
+		routed_request(e, NOON_UTC, uid, -1, &r);
+		engine_on_log(e, NOON_UTC + 1, uid, strlen(uid), "provider_primary", 200, "CD--");
+	}
+	assert_int_equal(engine_stats(e)->client_aborts, 5);
+	routed_request(e, NOON_UTC + 2, "ok", -1, &r);
+	assert_string_equal(r.backend, "provider_primary");
+	/* Server timeouts (sH: waiting for headers) do. */
+	for (int i = 0; i < 3; i++) {
+		snprintf(uid, sizeof(uid), "t%d", i);
+		routed_request(e, NOON_UTC + 3, uid, -1, &r);
+		engine_on_log(e, NOON_UTC + 4, uid, strlen(uid), "provider_primary", 504, "sH--");
+	}
+	routed_request(e, NOON_UTC + 5, "after", -1, &r);
+	assert_string_equal(r.backend, "provider_secondary");
+	/* Estimates stand for those requests (the provider may have worked). */
+	assert_int_equal(engine_stats(e)->settled_by_log, 8);
+	/* A line for a request already settled by its response changes nothing. */
+	routed_response(e, NOON_UTC + 6, "ok", "provider_primary", 200, 0);
+	engine_on_log(e, NOON_UTC + 6, "ok", 2, "provider_primary", 504, "sH--");
+	assert_int_equal(engine_stats(e)->settled_by_log, 8);
+	engine_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -545,6 +737,10 @@ int main(void)
 		cmocka_unit_test(test_day_boundary_across_dst),
 		cmocka_unit_test(test_bad_input),
 		cmocka_unit_test(test_completion_allowance_fields),
+		cmocka_unit_test(test_breaker_moves_traffic_to_secondary_and_back),
+		cmocka_unit_test(test_provider_429_closes_the_door_for_retry_after),
+		cmocka_unit_test(test_haproxy_view_and_unhealthy_fallbacks),
+		cmocka_unit_test(test_log_lines_tell_timeouts_from_clients_gone),
 	};
 
 	return cmocka_run_group_tests(tests, setup, NULL);
