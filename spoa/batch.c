@@ -11,8 +11,18 @@ struct batch *batch_new(void)
 	return calloc(1, sizeof(struct batch));
 }
 
+static void free_prompts(struct batch *b)
+{
+	for (size_t i = 0; i < b->nprompts; i++) {
+		free(b->prompts[i].prompt);
+		free(b->prompts[i].output);
+	}
+	b->nprompts = 0;
+}
+
 void batch_reset(struct batch *b)
 {
+	free_prompts(b);
 	b->nusage = b->naudit = b->nhealth = 0;
 	b->current_day[0] = '\0';
 	b->next = NULL;
@@ -22,9 +32,11 @@ void batch_free(struct batch *b)
 {
 	if (!b)
 		return;
+	free_prompts(b);
 	free(b->usage);
 	free(b->audit);
 	free(b->health);
+	free(b->prompts);
 	free(b);
 }
 
@@ -75,6 +87,17 @@ struct batch_health *batch_add_health(struct batch *b)
 	return &na[b->nhealth++];
 }
 
+struct batch_prompt *batch_add_prompt(struct batch *b)
+{
+	struct batch_prompt *na = grow(b->prompts, &b->prompts_cap, b->nprompts, sizeof(*na));
+
+	if (!na)
+		return NULL;
+	b->prompts = na;
+	memset(&na[b->nprompts], 0, sizeof(*na));
+	return &na[b->nprompts++];
+}
+
 int batch_merge(struct batch *dst, struct batch *src)
 {
 	struct strmap index = {0};
@@ -115,6 +138,15 @@ int batch_merge(struct batch *dst, struct batch *src)
 		if (!a)
 			goto fail;
 		*a = src->audit[i];
+	}
+	/* Prompt rows move with their strings. */
+	for (size_t i = 0; i < src->nprompts; i++) {
+		struct batch_prompt *pr = batch_add_prompt(dst);
+
+		if (!pr)
+			goto fail;
+		*pr = src->prompts[i];
+		src->prompts[i].prompt = src->prompts[i].output = NULL;
 	}
 	/* Health rows are upserted in order: the newest wins. */
 	for (size_t i = 0; i < src->nhealth; i++) {

@@ -47,6 +47,18 @@ struct batch_health {
 	int64_t opened_total, requests_total, failures_total;
 };
 
+/* A logged prompt and output (prompt_log), per the route's mode. The
+ * strings are owned by the batch. */
+struct batch_prompt {
+	int64_t logged_ms;
+	int64_t prompt_bytes, output_bytes; /* -1: none */
+	char *prompt, *output;              /* malloc'ed or NULL */
+	char uid[LEDGER_UID_MAX + 1];
+	char user[LEDGER_USER_MAX + 1];
+	char route[96];
+	char mode[12];
+};
+
 struct batch {
 	struct batch_usage *usage;
 	size_t nusage, usage_cap;
@@ -54,6 +66,8 @@ struct batch {
 	size_t naudit, audit_cap;
 	struct batch_health *health;
 	size_t nhealth, health_cap;
+	struct batch_prompt *prompts;
+	size_t nprompts, prompts_cap;
 	char current_day[11];
 	struct batch *next; /* the store's queue */
 };
@@ -67,6 +81,7 @@ void batch_free(struct batch *b);
 struct batch_usage *batch_add_usage(struct batch *b);
 struct batch_audit *batch_add_audit(struct batch *b);
 struct batch_health *batch_add_health(struct batch *b);
+struct batch_prompt *batch_add_prompt(struct batch *b);
 
 /* Moves src's rows into dst: usage rows of the same user-day keep the
  * newest values (they are absolute), audit rows are appended. Used to

@@ -41,6 +41,7 @@ static const struct config_key keys[] = {
 	BOOL(log_syslog, "false", "log to syslog instead of stderr"),
 	BOOL(audit_log, "true", "write one audit_log row per decided request"),
 	BOOL(ack_only, "false", "benchmark baseline: answer every NOTIFY with an empty decision, no budgets, no database writes"),
+	INT(purge_interval_s, 1, 86400, "60", "how often rows past their retention (audit_log, prompt_log) are deleted"),
 	INT(db_poll_ms, 50, 60000, "250", "how often the database is checked for operators' changes (limits, keys, settings)"),
 	INT(max_connections, 1, 1000000, "1024", "connections served at once; more are accepted and closed at once"),
 	INT(max_frame_size, 256, 1048576, "16380", "largest frame we accept; we announce the smaller of this and HAProxy's"),

@@ -31,6 +31,7 @@ struct config {
 	bool audit_log;
 	bool ack_only;
 	long db_poll_ms;
+	long purge_interval_s;
 	long max_connections;
 	long max_frame_size;
 	long hello_timeout_ms;

@@ -153,6 +153,15 @@ void crypto_key_hmac(const char *key, size_t len, char out[CRYPTO_HMAC_HEX_LEN +
 	OPENSSL_cleanse(ih, sizeof(ih));
 }
 
+void crypto_sha256_hex(const void *data, size_t len, char out[65])
+{
+	unsigned char md[SHA256_LEN];
+	unsigned int n;
+
+	EVP_Digest(data, len, md, &n, EVP_sha256(), NULL);
+	hex(md, sizeof(md), out);
+}
+
 int crypto_new_key(char *out, size_t size)
 {
 	unsigned char raw[20];

@@ -27,6 +27,9 @@ int crypto_use_secret(const void *secret, size_t len);
  * secret must be loaded. */
 void crypto_key_hmac(const char *key, size_t len, char out[CRYPTO_HMAC_HEX_LEN + 1]);
 
+/* hex(SHA-256(data)) into out (65 bytes with the NUL). */
+void crypto_sha256_hex(const void *data, size_t len, char out[65]);
+
 /* A new API key, "sk-tg-" and 40 random hex digits, into out (>= 47). */
 int crypto_new_key(char *out, size_t size);
 

@@ -13,6 +13,7 @@
 #include "daytime.h"
 #include "fallback.h"
 #include "log.h"
+#include "redact.h"
 #include "strmap.h"
 
 /* A max_tokens above this is treated as this: bounds the reservation a
@@ -172,7 +173,7 @@ const struct engine_stats *engine_stats(const struct engine *e)
 enum arg_id {
 	A_UNIQUE_ID, A_USER, A_AUTH, A_PATH, A_MODEL, A_CONTENT_LENGTH, A_MAX_COMPLETION_TOKENS,
 	A_MAX_TOKENS, A_N, A_STREAM, A_STATUS, A_PROMPT_TOKENS, A_COMPLETION_TOKENS, A_STREAMED,
-	A_BODY_HEAD, A_BACKEND, A_RETRY_AFTER,
+	A_BODY_HEAD, A_BACKEND, A_RETRY_AFTER, A_OUTPUT_HEAD,
 	A_COUNT
 };
 
@@ -184,7 +185,7 @@ static const struct {
 	ARG("unique_id"), ARG("user"), ARG("auth"), ARG("path"), ARG("model"), ARG("content_length"),
 	ARG("max_completion_tokens"), ARG("max_tokens"), ARG("n"), ARG("stream"), ARG("status"),
 	ARG("prompt_tokens"), ARG("completion_tokens"), ARG("streamed"), ARG("body_head"), ARG("backend"),
-	ARG("retry_after"),
+	ARG("retry_after"), ARG("output_head"),
 #undef ARG
 };
 
@@ -466,10 +467,70 @@ static void refuse(struct engine *e, double now, const struct request *rq, const
 	if (a) {
 		batch_copy(a->uid, sizeof(a->uid), (const char *)rq->uid.ptr, rq->uid.len);
 		batch_copy(a->user, sizeof(a->user), user, strlen(user));
-		batch_copy(a->route, sizeof(a->route), (const char *)rq->path.ptr, rq->path.len);
+		if (rq->route)
+			batch_copy(a->route, sizeof(a->route), rq->route->name, strlen(rq->route->name));
+		else
+			batch_copy(a->route, sizeof(a->route), (const char *)rq->path.ptr, rq->path.len);
 		batch_copy(a->model, sizeof(a->model), (const char *)rq->model.ptr, rq->model.len);
 		a->tokens_estimated = est;
 	}
+}
+
+/* What the route's logging mode keeps of a text: its SHA-256, the text
+ * with secrets masked, or the text. malloc'ed; NULL when there is none. */
+static char *logged_text(enum policy_logging mode, struct spop_str t)
+{
+	char *out;
+	size_t size;
+
+	if (!t.ptr || t.len == 0 || mode == POLICY_LOG_OFF)
+		return NULL;
+	switch (mode) {
+	case POLICY_LOG_HASH:
+		out = malloc(65);
+		if (out)
+			crypto_sha256_hex(t.ptr, t.len, out);
+		return out;
+	case POLICY_LOG_REDACTED:
+		/* Each mask is at most a few bytes longer than what it hides. */
+		size = t.len + t.len / 2 + 64;
+		out = malloc(size);
+		if (out)
+			redact((const char *)t.ptr, t.len, out, size);
+		return out;
+	default:
+		out = malloc(t.len + 1);
+		if (out) {
+			memcpy(out, t.ptr, t.len);
+			out[t.len] = '\0';
+		}
+		return out;
+	}
+}
+
+/* The prompt_log row of a closing reservation, when its route logs. */
+static void log_prompt(struct engine *e, struct ledger_resv *r, double now, struct spop_str output)
+{
+	struct batch_prompt *pr;
+
+	if (r->log_mode == POLICY_LOG_OFF)
+		return;
+	pr = batch_add_prompt(e->batch);
+	if (!pr) {
+		e->stats.audit_dropped++;
+		return;
+	}
+	pr->logged_ms = (int64_t)(now * 1000.0);
+	pr->prompt = r->prompt;
+	r->prompt = NULL;
+	pr->prompt_bytes = pr->prompt ? (int64_t)r->prompt_bytes : -1;
+	pr->output = logged_text((enum policy_logging)r->log_mode, output);
+	pr->output_bytes = pr->output ? (int64_t)output.len : -1;
+	batch_copy(pr->uid, sizeof(pr->uid), r->uid, r->uid_len);
+	batch_copy(pr->user, sizeof(pr->user), r->u->user, r->u->len);
+	batch_copy(pr->route, sizeof(pr->route), r->route, strlen(r->route));
+	batch_copy(pr->mode, sizeof(pr->mode), policy_logging_str((enum policy_logging)r->log_mode),
+		   strlen(policy_logging_str((enum policy_logging)r->log_mode)));
 }
 
 static void decide(struct engine *e, double now, const struct spop_msg *msg, struct ack *out)
@@ -640,7 +701,16 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 	r->out_price = out_price;
 	r->probe = probe;
 	batch_copy(r->model, sizeof(r->model), (const char *)rq.model.ptr, rq.model.len);
-	batch_copy(r->route, sizeof(r->route), (const char *)rq.path.ptr, rq.path.len);
+	/* The audit's route: the route's name, or the path when none matched. */
+	if (rq.route)
+		batch_copy(r->route, sizeof(r->route), rq.route->name, strlen(rq.route->name));
+	else
+		batch_copy(r->route, sizeof(r->route), (const char *)rq.path.ptr, rq.path.len);
+	if (rq.route && rq.route->logging != POLICY_LOG_OFF) {
+		r->log_mode = (uint8_t)rq.route->logging;
+		r->prompt = logged_text(rq.route->logging, rq.body_head);
+		r->prompt_bytes = (uint32_t)rq.body_head.len;
+	}
 	batch_copy(r->provider, sizeof(r->provider), backend, strlen(backend));
 }
 
@@ -703,6 +773,7 @@ static void settle(struct engine *e, double now, const struct spop_msg *msg)
 		/* Streamed, or a body HAProxy could not read: keep the estimate. */
 		e->stats.settled_estimate++;
 		audit_resv(e, r, now, "estimated", r->est_in, r->est_out, r->est_cost, (int)status);
+		log_prompt(e, r, now, arg_str(args[A_OUTPUT_HEAD]));
 		ledger_resv_free(e->ledger, r);
 		return;
 	}
@@ -712,6 +783,7 @@ static void settle(struct engine *e, double now, const struct spop_msg *msg)
 	e->stats.tokens_charged += (uint64_t)(in + out);
 	e->stats.cost_nano_charged += (uint64_t)cost;
 	audit_resv(e, r, now, "settled", in, out, cost, (int)status);
+	log_prompt(e, r, now, arg_str(args[A_OUTPUT_HEAD]));
 	ledger_resv_free(e->ledger, r);
 }
 
@@ -754,6 +826,7 @@ void engine_on_log(struct engine *e, double now, const char *uid, size_t uid_len
 	/* The provider may have worked for it: the estimate stands. */
 	e->stats.settled_estimate++;
 	audit_resv(e, r, now, "estimated", r->est_in, r->est_out, r->est_cost, status);
+	log_prompt(e, r, now, (struct spop_str){NULL, 0});
 	ledger_resv_free(e->ledger, r);
 }
 
@@ -767,6 +840,7 @@ static void expire(struct engine *e, struct ledger_resv *r, double now)
 	}
 	e->stats.expired++;
 	audit_resv(e, r, now, "expired", r->est_in, r->est_out, r->est_cost, -1);
+	log_prompt(e, r, now, (struct spop_str){NULL, 0});
 	ledger_resv_free(e->ledger, r);
 }
 
@@ -870,7 +944,7 @@ struct batch *engine_take_batch(struct engine *e)
 
 	strmap_each(&e->breakers, add_health, e);
 	if (ledger_dirty_count(e->ledger) == 0 && e->batch->naudit == 0 && e->batch->nhealth == 0 &&
-	    !e->day_changed)
+	    e->batch->nprompts == 0 && !e->day_changed)
 		return NULL;
 	e->day_changed = false;
 	fresh = e->spare ? e->spare : batch_new();

@@ -214,6 +214,9 @@ struct ledger_resv *ledger_reserve(struct ledger *l, struct ledger_usage *u, con
 	memset(r, 0, offsetof(struct ledger_resv, model));
 	r->model[0] = r->route[0] = r->provider[0] = '\0';
 	r->probe = false;
+	r->log_mode = 0;
+	r->prompt = NULL;
+	r->prompt_bytes = 0;
 	r->u = u;
 	r->created = now;
 	r->uid_len = (uint16_t)uid_len;
@@ -283,6 +286,8 @@ void ledger_resv_free(struct ledger *l, struct ledger_resv *r)
 {
 	if (!r)
 		return;
+	free(r->prompt);
+	r->prompt = NULL;
 	if (l->npool >= LEDGER_POOL_MAX) {
 		free(r);
 		return;

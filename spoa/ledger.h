@@ -43,6 +43,9 @@ struct ledger_resv {
 	char route[96];
 	char provider[64];
 	bool probe; /* a half-open breaker's probe: its outcome must be reported */
+	uint8_t log_mode;      /* the route's prompt logging at decision time */
+	char *prompt;          /* what is logged of the prompt (malloc'ed), or NULL */
+	uint32_t prompt_bytes; /* its size before hashing or redaction */
 	uint16_t uid_len;
 	char uid[]; /* HAProxy's unique-id */
 };

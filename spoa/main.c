@@ -402,7 +402,7 @@ int main(int argc, char **argv)
 				      params, 2, NULL, err, sizeof(err)) == -1)
 			LOG_WARN("db: cannot record the start: %s", err);
 	}
-	if (store_start(g.store, g.env.loop, g.cfg.db_poll_ms, on_policy, NULL) == -1)
+	if (store_start(g.store, g.env.loop, g.cfg.db_poll_ms, g.cfg.purge_interval_s, on_policy, NULL) == -1)
 		return 1;
 	g.listener = listener_new(&g.env, g.cfg.listen, err, sizeof(err));
 	if (!g.listener) {

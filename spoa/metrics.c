@@ -197,6 +197,8 @@ static void render_store(struct buf *b, struct store *s)
 	one(b, "tokengate_audit_rows_written_total", "counter", "audit_log rows written.", (double)st.audit_rows);
 	one(b, "tokengate_audit_rows_purged_total", "counter", "audit_log rows deleted by retention.",
 	    (double)st.audit_purged);
+	one(b, "tokengate_prompt_rows_purged_total", "counter", "prompt_log rows deleted by their route's retention.",
+	    (double)st.prompts_purged);
 	one(b, "tokengate_rules_reloads_total", "counter", "Rule sets reloaded after operators changed the database.",
 	    (double)st.policy_loads);
 	one(b, "tokengate_rules_reload_errors_total", "counter", "Database changes that could not be loaded.",

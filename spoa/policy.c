@@ -425,6 +425,33 @@ int policy_add_route_provider(struct policy *p, const char *route, const char *p
 	return 0; /* a route that does not exist: nothing to chain */
 }
 
+int policy_set_route_logging(struct policy *p, const char *route, const char *mode, int retention_days)
+{
+	for (int i = 0; i < p->nroutes; i++) {
+		struct policy_route *r = &p->routes[i];
+
+		if (strcmp(r->name, route) != 0)
+			continue;
+		if (!strcmp(mode, "hash"))
+			r->logging = POLICY_LOG_HASH;
+		else if (!strcmp(mode, "redacted"))
+			r->logging = POLICY_LOG_REDACTED;
+		else if (!strcmp(mode, "full"))
+			r->logging = POLICY_LOG_FULL;
+		else
+			r->logging = POLICY_LOG_OFF;
+		r->log_retention_days = retention_days < 0 ? 0 : retention_days;
+	}
+	return 0;
+}
+
+const char *policy_logging_str(enum policy_logging l)
+{
+	static const char *const names[] = {"off", "hash", "redacted", "full"};
+
+	return (unsigned)l < 4 ? names[l] : "off";
+}
+
 const struct policy_provider *policy_provider(const struct policy *p, const char *name)
 {
 	return strmap_get(&p->providers, name, strlen(name));

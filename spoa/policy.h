@@ -77,6 +77,8 @@ struct policy_route {
 	char *fallback_backend;
 	char *fallback_text;
 	int fallback_max_bytes;
+	enum policy_logging { POLICY_LOG_OFF = 0, POLICY_LOG_HASH, POLICY_LOG_REDACTED, POLICY_LOG_FULL } logging;
+	int log_retention_days;
 	int nchain;
 	const struct policy_provider *chain[POLICY_CHAIN_MAX];
 };
@@ -122,6 +124,10 @@ int policy_add_provider(struct policy *p, const char *name, bool enabled, int wi
 int policy_add_route(struct policy *p, const char *name, const char *path_prefix, const char *model_glob,
 		     int priority, long timeout_ms, const char *fallback, const char *fallback_backend,
 		     const char *fallback_text, int fallback_max_bytes, char *err, size_t errsz);
+/* Prompt logging of a route already added: "off", "hash", "redacted" or
+ * "full", and its retention. */
+int policy_set_route_logging(struct policy *p, const char *route, const char *mode, int retention_days);
+const char *policy_logging_str(enum policy_logging l);
 int policy_add_route_provider(struct policy *p, const char *route, const char *provider, char *err,
 			      size_t errsz);
 

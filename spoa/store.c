@@ -20,7 +20,6 @@
  * thousand users stay in memory instead of being re-read for each flush. */
 #define STORE_CACHE_KB "32768"
 #define STORE_RETRY_S 0.5
-#define STORE_PURGE_EVERY_S 60.0
 #define STORE_PURGE_BATCH 1000
 
 enum stmt_id {
@@ -32,6 +31,8 @@ enum stmt_id {
 	ST_ROLLBACK,
 	ST_PURGE,
 	ST_HEALTH,
+	ST_PROMPT,
+	ST_PURGE_PROMPTS,
 	ST_COUNT
 };
 
@@ -59,6 +60,10 @@ static const char *const stmt_sql[ST_COUNT] = {
 		      "servers_up = excluded.servers_up, opened_total = excluded.opened_total, "
 		      "requests_total = excluded.requests_total, failures_total = excluded.failures_total, "
 		      "updated_at = excluded.updated_at",
+	[ST_PROMPT] = "INSERT INTO prompt_log(logged_at, unique_id, user_id, route, mode, prompt, output, prompt_bytes, "
+		      "output_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+	[ST_PURGE_PROMPTS] = "DELETE FROM prompt_log WHERE id IN (SELECT id FROM prompt_log WHERE route = ?1 AND "
+			     "logged_at < ?2 ORDER BY id LIMIT ?3)",
 	[ST_PURGE] = "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE decided_at < ?1 "
 		     "ORDER BY id LIMIT ?2)",
 };
@@ -83,6 +88,13 @@ struct store {
 	int nrecycled;
 	bool stop;
 	long retention_days;
+	/* Prompt retention per route, from the policy (writer thread only). */
+	struct {
+		char route[96];
+		long days;
+	} *prompt_days;
+	int nprompt_days;
+	long purge_s;
 	struct store_stats stats;
 	/* Writer thread only: */
 	struct batch *carried;   /* refused, to retry */
@@ -301,6 +313,9 @@ static int load_rows(struct store *s, struct policy *p, const char *sql, int kin
 		case 8:
 			ret = policy_add_route_provider(p, col_text(st, 0), col_text(st, 1), err, errsz);
 			break;
+		case 9:
+			ret = policy_set_route_logging(p, col_text(st, 0), col_text(st, 1), sqlite3_column_int(st, 2));
+			break;
 		}
 		if (ret == -1 && !err[0])
 			snprintf(err, errsz, "out of memory");
@@ -328,6 +343,7 @@ static struct policy *load_policy(struct store *s, char *err, size_t errsz)
 		"SELECT name, path_prefix, model_glob, priority, timeout_ms, fallback, fallback_backend, fallback_text, "
 		"fallback_max_bytes FROM routes ORDER BY priority, name",
 		"SELECT route, provider FROM route_providers ORDER BY route, position",
+		"SELECT name, prompt_logging, prompt_retention_days FROM routes",
 	};
 	struct policy *p = policy_new();
 	char sub[256];
@@ -358,12 +374,29 @@ static struct policy *load_policy(struct store *s, char *err, size_t errsz)
 	return p;
 }
 
+/* Remembers each route's prompt retention for the purge. */
+static void keep_prompt_days(struct store *s, const struct policy *p)
+{
+	void *n = realloc(s->prompt_days, (size_t)(p->nroutes ? p->nroutes : 1) * sizeof(*s->prompt_days));
+
+	if (!n)
+		return;
+	s->prompt_days = n;
+	s->nprompt_days = p->nroutes;
+	for (int i = 0; i < p->nroutes; i++) {
+		snprintf(s->prompt_days[i].route, sizeof(s->prompt_days[i].route), "%s", p->routes[i].name);
+		s->prompt_days[i].days = p->routes[i].log_retention_days;
+	}
+}
+
 struct policy *store_load_policy(struct store *s, char *err, size_t errsz)
 {
 	struct policy *p = load_policy(s, err, errsz);
 
-	if (p)
+	if (p) {
 		s->retention_days = p->audit_retention_days;
+		keep_prompt_days(s, p);
+	}
 	return p;
 }
 
@@ -570,6 +603,25 @@ static int write_batch(struct store *s, const struct batch *b)
 		if (step_reset(st) == -1)
 			goto fail;
 	}
+	for (size_t i = 0; i < b->nprompts; i++) {
+		const struct batch_prompt *pr = &b->prompts[i];
+		sqlite3_stmt *st = s->st[ST_PROMPT];
+
+		daytime_iso_utc_ms(pr->logged_ms, when, sizeof(when));
+		sqlite3_bind_text(st, 1, when, -1, SQLITE_STATIC);
+		bind_text_or_null(st, 2, pr->uid);
+		bind_text_or_null(st, 3, pr->user);
+		sqlite3_bind_text(st, 4, pr->route, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 5, pr->mode, -1, SQLITE_STATIC);
+		if (pr->prompt)
+			sqlite3_bind_text(st, 6, pr->prompt, -1, SQLITE_STATIC);
+		if (pr->output)
+			sqlite3_bind_text(st, 7, pr->output, -1, SQLITE_STATIC);
+		bind_int_or_null(st, 8, pr->prompt_bytes);
+		bind_int_or_null(st, 9, pr->output_bytes);
+		if (step_reset(st) == -1)
+			goto fail;
+	}
 	if (b->current_day[0]) {
 		sqlite3_stmt *st = s->st[ST_STATE];
 
@@ -595,7 +647,7 @@ fail:
 
 static size_t batch_rows(const struct batch *b)
 {
-	return b ? b->nusage + b->naudit + b->nhealth : 0;
+	return b ? b->nusage + b->naudit + b->nhealth + b->nprompts : 0;
 }
 
 /* Writes carried (merged with what just came); keeps it on failure. */
@@ -641,22 +693,24 @@ static void flush_carried(struct store *s)
 	}
 }
 
-static void purge(struct store *s, long days)
+/* Deletes rows older than `days` with stmt (cutoff ?1 or ?2, limit last),
+ * a bounded batch at a time so that no transaction holds the lock long. */
+static int64_t purge_rows(struct store *s, sqlite3_stmt *st, const char *route, long days)
 {
 	char cutoff[32];
 	struct timespec ts;
 	int64_t total = 0;
-	int n;
+	int n, at = route ? 2 : 1;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	/* Retention 0 keeps nothing older than now. */
 	daytime_iso_utc_ms(((int64_t)ts.tv_sec - (int64_t)days * 86400) * 1000 + ts.tv_nsec / 1000000, cutoff,
 			   sizeof(cutoff));
 	do {
-		sqlite3_stmt *st = s->st[ST_PURGE];
-
-		sqlite3_bind_text(st, 1, cutoff, -1, SQLITE_STATIC);
-		sqlite3_bind_int(st, 2, STORE_PURGE_BATCH);
+		if (route)
+			sqlite3_bind_text(st, 1, route, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, at, cutoff, -1, SQLITE_STATIC);
+		sqlite3_bind_int(st, at + 1, STORE_PURGE_BATCH);
 		if (step_reset(st) == -1) {
 			set_error(s, "purge");
 			break;
@@ -664,11 +718,22 @@ static void purge(struct store *s, long days)
 		n = sqlite3_changes(s->db);
 		total += n;
 	} while (n == STORE_PURGE_BATCH);
-	if (total > 0) {
+	return total;
+}
+
+static void purge(struct store *s, long days)
+{
+	int64_t audit = purge_rows(s, s->st[ST_PURGE], NULL, days), prompts = 0;
+
+	for (int i = 0; i < s->nprompt_days; i++)
+		prompts += purge_rows(s, s->st[ST_PURGE_PROMPTS], s->prompt_days[i].route, s->prompt_days[i].days);
+	if (audit > 0 || prompts > 0) {
 		pthread_mutex_lock(&s->mu);
-		s->stats.audit_purged += (uint64_t)total;
+		s->stats.audit_purged += (uint64_t)audit;
+		s->stats.prompts_purged += (uint64_t)prompts;
 		pthread_mutex_unlock(&s->mu);
-		LOG_INFO("audit: purged %lld rows older than %ld days", (long long)total, days);
+		LOG_INFO("retention: purged %lld audit rows older than %ld days and %lld prompt rows", (long long)audit,
+			 days, (long long)prompts);
 	}
 }
 
@@ -692,6 +757,7 @@ static void check_changes(struct store *s)
 	}
 	s->stats.policy_loads++;
 	s->retention_days = p->audit_retention_days;
+	keep_prompt_days(s, p);
 	/* An unconsumed older policy is replaced by this newer one. */
 	if (s->ready)
 		policy_free(s->ready);
@@ -777,7 +843,7 @@ static void *writer_main(void *arg)
 		}
 		if (now >= next_purge) {
 			purge(s, retention);
-			next_purge = now + STORE_PURGE_EVERY_S;
+			next_purge = now + (double)s->purge_s;
 		}
 		pthread_mutex_lock(&s->mu);
 		s->stats.pending_rows = batch_rows(s->carried) + s->pending_rows;
@@ -800,9 +866,10 @@ static void async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		s->on_policy(p, s->arg);
 }
 
-int store_start(struct store *s, struct ev_loop *loop, long poll_ms,
+int store_start(struct store *s, struct ev_loop *loop, long poll_ms, long purge_s,
 		void (*on_policy)(struct policy *p, void *arg), void *arg)
 {
+	s->purge_s = purge_s > 0 ? purge_s : 60;
 	s->loop = loop;
 	s->poll_ms = poll_ms;
 	s->on_policy = on_policy;
@@ -923,6 +990,7 @@ size_t store_close(struct store *s, long final_wait_ms)
 	sqlite3_close(s->db);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
+	free(s->prompt_days);
 	free(s);
 	return lost;
 }

@@ -12,7 +12,8 @@
  *   - every poll interval it reads PRAGMA data_version, and when another
  *     process changed the database it loads a fresh policy and hands it
  *     to the loop through an ev_async (store_start's on_policy);
- *   - it purges audit rows older than the retention, in bounded batches.
+ *   - every purge_s it deletes audit rows older than the retention and
+ *     prompt_log rows older than their route's, in bounded batches.
  *
  * The loop thread never waits on SQLite: store_submit only takes a mutex
  * for a pointer swap.
@@ -38,6 +39,7 @@ struct store_stats {
 	uint64_t usage_rows;       /* user-day rows written */
 	uint64_t audit_rows;       /* audit rows written */
 	uint64_t audit_purged;     /* audit rows deleted by retention */
+	uint64_t prompts_purged;   /* prompt_log rows deleted by retention */
 	uint64_t policy_loads;     /* policies loaded after a change */
 	uint64_t policy_errors;    /* changes that could not be loaded */
 	double last_flush_ms;      /* writer time of the last transaction */
@@ -66,7 +68,7 @@ int store_load_usage(struct store *s, const char *day, struct ledger *l, char *e
  * Starts the writer thread. on_policy runs on the loop thread with a new
  * policy it then owns. poll_ms is how often data_version is read.
  */
-int store_start(struct store *s, struct ev_loop *loop, long poll_ms,
+int store_start(struct store *s, struct ev_loop *loop, long poll_ms, long purge_s,
 		void (*on_policy)(struct policy *p, void *arg), void *arg);
 
 /* Hands a batch to the writer (owned by the store from now on). */
