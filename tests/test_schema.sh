@@ -321,9 +321,18 @@ text='The assistant is temporarily unavailable, so this is an automatic reply. P
 check "providers seeded" "SELECT * FROM providers ORDER BY name;" \
 "provider_primary|Primary LLM provider|1|30|10|0.5|5|30|3
 provider_secondary|Secondary LLM provider|1|30|10|0.5|5|30|3"
-check "routes seeded" "SELECT * FROM routes ORDER BY name;" \
+check "routes seeded" "SELECT name, path_prefix, model_glob, priority, timeout_ms, fallback, fallback_backend,
+    fallback_text, fallback_max_bytes FROM routes ORDER BY name;" \
 "chat|/v1/chat/completions|*|10|30000|computed|NULL|$text|600
 default|/v1/|*|1000|30000|static|NULL|$text|600"
+# --- migration 003: prompt logging -------------------------------------------
+check "prompt logging is off by default, 7 days" "SELECT * FROM prompt_logging_in_force;" \
+"chat|off|7|0
+default|off|7|0"
+rejects "prompt_logging must be off, hash, redacted or full" \
+    "UPDATE routes SET prompt_logging = 'everything' WHERE name = 'chat';"
+check "retention 0 is allowed (purge at the next cycle)" \
+    "UPDATE routes SET prompt_retention_days = 0 WHERE name = 'chat'; SELECT prompt_retention_days FROM routes WHERE name = 'chat';" "0"
 check "route_providers seeded" "SELECT * FROM route_providers ORDER BY route, position;" \
 "chat|1|provider_primary
 chat|2|provider_secondary
@@ -674,3 +683,4 @@ fi
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
+
