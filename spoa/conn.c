@@ -28,8 +28,9 @@ enum conn_state {
 
 /* A peer cannot make us buffer more than this for one frame, whatever it
  * announces. 3.1.x may send frames larger than negotiated, so we accept
- * up to what it announced, within this cap. */
-#define CONN_RX_HARD_MAX (1u << 20)
+ * up to what it announced (its tune.bufsize - 4), within this cap: 64 KB
+ * covers any sane bufsize and bounds a connection's read buffer. */
+#define CONN_RX_HARD_MAX (1u << 16)
 #define CONN_LINGER_S 1.0
 #define CONN_CLOSE_WRITE_S 5.0
 #define CONN_RBUF_INITIAL 4096u

@@ -20,6 +20,7 @@
  * single request can make, whatever the client writes. */
 #define ENGINE_MAX_TOKENS_CAP 10000000
 #define ENGINE_MAX_CHOICES 128
+#define ENGINE_MAX_USAGE ((int64_t)1 << 32)
 #define ENGINE_HEALTH_REFRESH_S 5.0
 /* Likewise for the announced body size (4 GB). */
 #define ENGINE_MAX_BODY ((int64_t)1 << 32)
@@ -602,18 +603,6 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 	}
 	est_cost = llround((double)est_in * in_price + (double)est_out * out_price);
 
-	if (p->global_ceiling_nano >= 0 && ledger_today_cost(e->ledger) >= p->global_ceiling_nano) {
-		refuse(e, now, &rq, user, u, p->global_ceiling_fallback ? ENGINE_FALLBACK : ENGINE_DENY,
-		       ENGINE_GLOBAL_CEILING, &lim, est_in + est_out, out);
-		return;
-	}
-	why = over_budget(&lim, u, est_in + est_out, est_cost);
-	if (why != ENGINE_OK) {
-		refuse(e, now, &rq, user, u, tier->over_budget_fallback ? ENGINE_FALLBACK : ENGINE_DENY, why, &lim,
-		       est_in + est_out, out);
-		return;
-	}
-
 	/* A NOTIFY replayed for a request still open was decided already:
 	 * answer the same without charging twice. */
 	if (rq.uid.len) {
@@ -626,6 +615,18 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 			put_limits(out, &lim, u, reset_in(e, now));
 			return;
 		}
+	}
+
+	if (p->global_ceiling_nano >= 0 && ledger_today_cost(e->ledger) >= p->global_ceiling_nano) {
+		refuse(e, now, &rq, user, u, p->global_ceiling_fallback ? ENGINE_FALLBACK : ENGINE_DENY,
+		       ENGINE_GLOBAL_CEILING, &lim, est_in + est_out, out);
+		return;
+	}
+	why = over_budget(&lim, u, est_in + est_out, est_cost);
+	if (why != ENGINE_OK) {
+		refuse(e, now, &rq, user, u, tier->over_budget_fallback ? ENGINE_FALLBACK : ENGINE_DENY, why, &lim,
+		       est_in + est_out, out);
+		return;
 	}
 
 	/* Which provider: the first of the route's chain that is enabled, has
@@ -758,6 +759,13 @@ static void settle(struct engine *e, double now, const struct spop_msg *msg)
 	status = arg_int(args[A_STATUS], -1);
 	in = arg_int(args[A_PROMPT_TOKENS], -1);
 	out = arg_int(args[A_COMPLETION_TOKENS], -1);
+	/* Usage comes from a response body: bound it like any peer input.
+	 * No real answer reports more than this; a wild value must not wrap
+	 * the counters or make the database refuse the row. */
+	if (in > ENGINE_MAX_USAGE)
+		in = ENGINE_MAX_USAGE;
+	if (out > ENGINE_MAX_USAGE)
+		out = ENGINE_MAX_USAGE;
 	streamed = arg_bool(args[A_STREAMED]);
 	{
 		struct spop_str be = arg_str(args[A_BACKEND]);
@@ -885,14 +893,17 @@ void engine_expire_all(struct engine *e, double now)
 		expire(e, r, now);
 }
 
-static void add_usage(const struct ledger_usage *u, void *arg)
+static bool add_usage(const struct ledger_usage *u, void *arg)
 {
 	struct engine *e = arg;
-	struct batch_usage *b = batch_add_usage(e->batch);
 	const char *day = ledger_day_str(e->ledger, u->day);
+	struct batch_usage *b;
 
-	if (!b || !day)
-		return;
+	if (!day)
+		return true; /* a day no longer held: nothing to write it under */
+	b = batch_add_usage(e->batch);
+	if (!b)
+		return false;
 	memcpy(b->day, day, sizeof(b->day));
 	memcpy(b->user, u->user, (size_t)u->len + 1);
 	b->tokens_in = u->tokens_in;
@@ -901,6 +912,7 @@ static void add_usage(const struct ledger_usage *u, void *arg)
 	b->requests = u->requests;
 	b->denials = u->denials;
 	b->fallbacks = u->fallbacks;
+	return true;
 }
 
 static void add_health(void *val, void *arg)

@@ -312,14 +312,17 @@ size_t ledger_user_count(const struct ledger *l)
 	return n;
 }
 
-void ledger_flush_dirty(struct ledger *l, void (*fn)(const struct ledger_usage *u, void *arg),
-			void *arg)
+void ledger_flush_dirty(struct ledger *l, bool (*fn)(const struct ledger_usage *u, void *arg), void *arg)
 {
+	size_t kept = 0;
+
 	for (size_t i = 0; i < l->ndirty; i++) {
-		fn(l->dirty[i], arg);
-		l->dirty[i]->dirty = 0;
+		if (fn(l->dirty[i], arg))
+			l->dirty[i]->dirty = 0;
+		else
+			l->dirty[kept++] = l->dirty[i]; /* not copied: stays dirty */
 	}
-	l->ndirty = 0;
+	l->ndirty = kept;
 }
 
 size_t ledger_dirty_count(const struct ledger *l)

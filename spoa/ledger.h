@@ -104,9 +104,9 @@ void ledger_resv_free(struct ledger *l, struct ledger_resv *r);
 size_t ledger_open_count(const struct ledger *l);
 size_t ledger_user_count(const struct ledger *l);
 
-/* Calls fn on every dirty entry and marks it clean. */
-void ledger_flush_dirty(struct ledger *l, void (*fn)(const struct ledger_usage *u, void *arg),
-			void *arg);
+/* Calls fn on every dirty entry and marks it clean when fn returns true
+ * (false, e.g. out of memory: it stays dirty for the next flush). */
+void ledger_flush_dirty(struct ledger *l, bool (*fn)(const struct ledger_usage *u, void *arg), void *arg);
 size_t ledger_dirty_count(const struct ledger *l);
 
 /* Calls fn on every user of the current day. */

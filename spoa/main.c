@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "admin.h"
@@ -378,6 +379,8 @@ int main(int argc, char **argv)
 	log_threshold = (enum log_level)log_level_parse(g.cfg.log_level);
 	log_use_syslog(g.cfg.log_syslog);
 	signal(SIGPIPE, SIG_IGN);
+	/* The database holds usage and key HMACs: not for every local user. */
+	umask(027);
 
 	g.env.loop = ev_default_loop(EVFLAG_AUTO);
 	if (!g.env.loop) {

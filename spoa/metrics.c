@@ -191,6 +191,8 @@ static void render_store(struct buf *b, struct store *s)
 	}
 	buf_printf(b, "tokengate_db_flush_duration_seconds_sum %.9g\n", st.flush_ms_total / 1000.0);
 	buf_printf(b, "tokengate_db_flush_duration_seconds_count %llu\n", (unsigned long long)cum);
+	one(b, "tokengate_db_rows_refused_total", "counter",
+	    "Rows the database refused on a constraint and that were skipped (see the log).", (double)st.rows_refused);
 	one(b, "tokengate_db_pending_rows", "gauge", "Rows waiting to be written (the write-behind queue).",
 	    (double)st.pending_rows);
 	one(b, "tokengate_db_usage_rows_written_total", "counter", "daily_usage rows written.", (double)st.usage_rows);

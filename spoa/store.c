@@ -527,16 +527,38 @@ static void now_iso(char *buf, size_t size)
 	daytime_iso_utc_ms((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, buf, size);
 }
 
-/* One transaction for the whole batch. 0, or -1 with everything rolled
- * back. */
-static int write_batch(struct store *s, const struct batch *b)
+/*
+ * A row the database refused. A constraint failure will fail again on
+ * every retry, so in lenient mode it is skipped and counted (the rest of
+ * the batch lands); anything else (locked, read-only, full) fails the
+ * whole transaction so that it is retried later. True when skipped.
+ */
+static bool row_refused(struct store *s, bool lenient)
+{
+	int code = sqlite3_errcode(s->db) & 0xff;
+
+	if (!lenient || (code != SQLITE_CONSTRAINT && code != SQLITE_MISMATCH && code != SQLITE_TOOBIG))
+		return false;
+	pthread_mutex_lock(&s->mu);
+	if (s->stats.rows_refused++ % 100 == 0)
+		LOG_ERROR("db: a row was refused and skipped (%s); %llu so far", sqlite3_errmsg(s->db),
+			  (unsigned long long)s->stats.rows_refused);
+	pthread_mutex_unlock(&s->mu);
+	return true;
+}
+
+/* One transaction for the whole batch: 0, or SQLite's error code with
+ * everything rolled back. */
+static int write_batch(struct store *s, const struct batch *b, bool lenient)
 {
 	char now[32], when[32];
+	int code;
 
 	now_iso(now, sizeof(now));
 	if (step_reset(s->st[ST_BEGIN]) == -1) {
+		code = sqlite3_errcode(s->db);
 		set_error(s, "write");
-		return -1;
+		return code != SQLITE_OK ? code : SQLITE_BUSY;
 	}
 	for (size_t i = 0; i < b->nusage; i++) {
 		const struct batch_usage *u = &b->usage[i];
@@ -551,7 +573,7 @@ static int write_batch(struct store *s, const struct batch *b)
 		sqlite3_bind_int64(st, 7, u->denials);
 		sqlite3_bind_int64(st, 8, u->fallbacks);
 		sqlite3_bind_text(st, 9, now, -1, SQLITE_STATIC);
-		if (step_reset(st) == -1)
+		if (step_reset(st) == -1 && !row_refused(s, lenient))
 			goto fail;
 	}
 	for (size_t i = 0; i < b->naudit; i++) {
@@ -574,7 +596,7 @@ static int write_batch(struct store *s, const struct batch *b)
 		bind_int_or_null(st, 13, a->status);
 		bind_int_or_null(st, 14, a->latency_ms);
 		sqlite3_bind_text(st, 15, a->outcome, -1, SQLITE_STATIC);
-		if (step_reset(st) == -1)
+		if (step_reset(st) == -1 && !row_refused(s, lenient))
 			goto fail;
 	}
 	for (size_t i = 0; i < b->nhealth; i++) {
@@ -600,7 +622,7 @@ static int write_batch(struct store *s, const struct batch *b)
 		sqlite3_bind_int64(st, 12, h->requests_total);
 		sqlite3_bind_int64(st, 13, h->failures_total);
 		sqlite3_bind_text(st, 14, now, -1, SQLITE_STATIC);
-		if (step_reset(st) == -1)
+		if (step_reset(st) == -1 && !row_refused(s, lenient))
 			goto fail;
 	}
 	for (size_t i = 0; i < b->nprompts; i++) {
@@ -619,7 +641,7 @@ static int write_batch(struct store *s, const struct batch *b)
 			sqlite3_bind_text(st, 7, pr->output, -1, SQLITE_STATIC);
 		bind_int_or_null(st, 8, pr->prompt_bytes);
 		bind_int_or_null(st, 9, pr->output_bytes);
-		if (step_reset(st) == -1)
+		if (step_reset(st) == -1 && !row_refused(s, lenient))
 			goto fail;
 	}
 	if (b->current_day[0]) {
@@ -628,21 +650,22 @@ static int write_batch(struct store *s, const struct batch *b)
 		sqlite3_bind_text(st, 1, "current_day", -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, b->current_day, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
-		if (step_reset(st) == -1)
+		if (step_reset(st) == -1 && !row_refused(s, lenient))
 			goto fail;
 		sqlite3_bind_text(st, 1, "last_flush_at", -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, now, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
-		if (step_reset(st) == -1)
+		if (step_reset(st) == -1 && !row_refused(s, lenient))
 			goto fail;
 	}
 	if (step_reset(s->st[ST_COMMIT]) == -1)
 		goto fail;
 	return 0;
 fail:
+	code = sqlite3_errcode(s->db);
 	set_error(s, "write");
 	step_reset(s->st[ST_ROLLBACK]);
-	return -1;
+	return code != SQLITE_OK ? code : SQLITE_ERROR;
 }
 
 static size_t batch_rows(const struct batch *b)
@@ -654,7 +677,11 @@ static size_t batch_rows(const struct batch *b)
 static void flush_carried(struct store *s)
 {
 	double t0 = mono_now(), ms;
-	int rc = write_batch(s, s->carried);
+	int rc = write_batch(s, s->carried, false);
+
+	/* Refused on a constraint: one bad row must not block the others. */
+	if ((rc & 0xff) == SQLITE_CONSTRAINT)
+		rc = write_batch(s, s->carried, true);
 
 	ms = (mono_now() - t0) * 1000.0;
 	pthread_mutex_lock(&s->mu);

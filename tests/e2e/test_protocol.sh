@@ -94,7 +94,8 @@ tg_assert_match "*closed" "$out" "and closed"
 bad=0
 k=1
 while [ $k -le 51 ]; do
-	out=$(raw --hello send-hex --chunk $k "$NOTIFY")
+	# -T 300: the ACK comes at once; the rest is waiting for a close.
+	out=$("$RAW" -p "$P" -T 300 --hello send-hex --chunk $k "$NOTIFY" 2>&1)
 	case $out in *"ACK sid=5 fid=1 "*) ;; *) bad=$((bad + 1)); echo "# chunk $k: $out" ;; esac
 	k=$((k + 1))
 done

@@ -505,6 +505,12 @@ static void test_bad_input(void **state)
 	assert_true(usage_of(e, "mia")->tokens_out == 1024); /* default max_tokens */
 	request(e, NOON_UTC, "c", "mia", NULL, INT64_MAX, INT64_MAX, &r);
 	assert_string_equal(r.action, "allow");
+	/* Absurd usage in a response is bounded, never wraps the counters. */
+	request(e, NOON_UTC, "big", "zoe", NULL, 4, 1, &r);
+	response(e, NOON_UTC, "big", 200, INT64_MAX, INT64_MAX, 0);
+	assert_true(usage_of(e, "zoe")->tokens_in == (int64_t)1 << 32);
+	assert_true(usage_of(e, "zoe")->tokens_out == (int64_t)1 << 32);
+	assert_true(usage_of(e, "zoe")->cost_nano > 0);
 	/* Unknown messages write nothing (the caller adds the no-op). */
 	msg_init(&b, "something-else");
 	engine_on_message(e, NOON_UTC, &b.m, &a);
