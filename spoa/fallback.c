@@ -1,6 +1,7 @@
 /* fallback: the computed answer (see fallback.h). */
 #include "fallback.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 /* The position just after `"key"` followed by optional spaces and ':', or
@@ -42,150 +43,292 @@ static int hexval(uint8_t c)
 	return -1;
 }
 
-/* Appends the code point as UTF-8 if it fits. */
-static size_t put_utf8(char *out, size_t n, size_t size, unsigned cp)
+/* Length of the valid UTF-8 sequence at p (shortest form, no surrogates,
+ * at most U+10FFFF), 0 if invalid, -1 if cut short by end. */
+static int utf8_seq(const uint8_t *p, const uint8_t *end)
 {
-	char b[4];
+	uint8_t c = p[0];
+	int n;
+	unsigned cp;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xC2 && c <= 0xDF) {
+		n = 2;
+		cp = c & 0x1F;
+	} else if (c >= 0xE0 && c <= 0xEF) {
+		n = 3;
+		cp = c & 0x0F;
+	} else if (c >= 0xF0 && c <= 0xF4) {
+		n = 4;
+		cp = c & 0x07;
+	} else {
+		return 0;
+	}
+	for (int i = 1; i < n; i++) {
+		if (p + i >= end)
+			return -1;
+		if ((p[i] & 0xC0) != 0x80)
+			return 0;
+		cp = cp << 6 | (p[i] & 0x3F);
+	}
+	if ((n == 3 && (cp < 0x800 || (cp >= 0xD800 && cp < 0xE000))) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+		return 0;
+	return n;
+}
+
+/* Appends bytes if they fit whole; false when they do not (the caller
+ * stops there, so the output is always a prefix). */
+static bool put_bytes(char *out, size_t *n, size_t size, const void *b, size_t k)
+{
+	if (*n + k >= size)
+		return false;
+	memcpy(out + *n, b, k);
+	*n += k;
+	return true;
+}
+
+static bool put_utf8(char *out, size_t *n, size_t size, unsigned cp)
+{
+	uint8_t b[4];
 	size_t k;
 
 	if (cp < 0x80) {
-		b[0] = (char)cp;
+		b[0] = (uint8_t)cp;
 		k = 1;
 	} else if (cp < 0x800) {
-		b[0] = (char)(0xC0 | (cp >> 6));
-		b[1] = (char)(0x80 | (cp & 0x3F));
+		b[0] = (uint8_t)(0xC0 | (cp >> 6));
+		b[1] = (uint8_t)(0x80 | (cp & 0x3F));
 		k = 2;
 	} else if (cp < 0x10000) {
-		b[0] = (char)(0xE0 | (cp >> 12));
-		b[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-		b[2] = (char)(0x80 | (cp & 0x3F));
+		b[0] = (uint8_t)(0xE0 | (cp >> 12));
+		b[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+		b[2] = (uint8_t)(0x80 | (cp & 0x3F));
 		k = 3;
 	} else {
-		b[0] = (char)(0xF0 | (cp >> 18));
-		b[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-		b[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-		b[3] = (char)(0x80 | (cp & 0x3F));
+		b[0] = (uint8_t)(0xF0 | (cp >> 18));
+		b[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
+		b[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+		b[3] = (uint8_t)(0x80 | (cp & 0x3F));
 		k = 4;
 	}
-	if (n + k >= size)
-		return n;
-	memcpy(out + n, b, k);
-	return n + k;
+	return put_bytes(out, n, size, b, k);
 }
 
-/* Decodes the JSON string starting at p (just after its opening quote)
- * until the first paragraph break ("\n\n"), the closing quote or the end
- * of the slice. */
+static bool is_ws(unsigned c)
+{
+	return c == ' ' || c == '\n' || c == '\r' || c == '\t';
+}
+
+/*
+ * Decodes the JSON string starting at p (just after its opening quote)
+ * into valid UTF-8: leading white space skipped, stopping at the first
+ * blank line (the end of the first paragraph), the closing quote, the end
+ * of the slice, or when the output is full. Invalid bytes become U+FFFD;
+ * a character or escape cut by the end of the slice is dropped.
+ */
 static size_t decode_paragraph(const uint8_t *p, const uint8_t *end, char *out, size_t size)
 {
-	size_t n = 0;
+	size_t n = 0, line_start = 0;
+	bool started = false;
 
-	while (p < end && *p != '"' && n + 1 < size) {
-		unsigned c = *p++;
+	while (p < end && *p != '"') {
+		unsigned cp;
 
-		if (c == '\\') {
-			if (p >= end)
+		if (*p == '\\') {
+			if (end - p < 2)
 				break;
-			c = *p++;
-			switch (c) {
-			case 'n': c = '\n'; break;
-			case 't': c = '\t'; break;
-			case 'r': c = '\r'; break;
-			case 'b': case 'f': c = ' '; break;
+			switch (p[1]) {
+			case 'n': cp = '\n'; p += 2; break;
+			case 't': cp = '\t'; p += 2; break;
+			case 'r': cp = '\r'; p += 2; break;
+			case 'b': case 'f': cp = ' '; p += 2; break;
 			case 'u': {
-				unsigned cp = 0;
-
-				if (end - p < 4)
+				cp = 0;
+				if (end - p < 6)
 					goto done;
-				for (int i = 0; i < 4; i++) {
+				for (int i = 2; i < 6; i++) {
 					int h = hexval(p[i]);
 
-					if (h < 0)
-						goto done;
+					if (h < 0) {
+						cp = 0xFFFD;
+						break;
+					}
 					cp = cp << 4 | (unsigned)h;
 				}
-				p += 4;
-				/* A surrogate pair makes one code point. */
-				if (cp >= 0xD800 && cp < 0xDC00 && end - p >= 6 && p[0] == '\\' && p[1] == 'u') {
+				p += 6;
+				if (cp >= 0xD800 && cp < 0xDC00) {
+					/* A high surrogate needs its low half: cut by the end
+					 * of the slice, the character is dropped. */
 					unsigned lo = 0;
-					int ok = 1;
+					int ok = end - p >= 6 && p[0] == '\\' && p[1] == 'u';
 
-					for (int i = 0; i < 4; i++) {
-						int h = hexval(p[2 + i]);
+					/* Cut only if what follows could still be "\uDCxx". */
+					if (!ok && end - p < 6 && (p == end || (p[0] == '\\' && (end - p < 2 || p[1] == 'u'))))
+						goto done;
+					for (int i = 2; ok && i < 6; i++) {
+						int h = hexval(p[i]);
 
-						ok &= h >= 0;
+						ok = h >= 0;
 						lo = lo << 4 | (unsigned)(h < 0 ? 0 : h);
 					}
 					if (ok && lo >= 0xDC00 && lo < 0xE000) {
 						cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
 						p += 6;
+					} else {
+						cp = 0xFFFD;
 					}
-				}
-				if (cp >= 0xD800 && cp < 0xE000)
+				} else if (cp >= 0xDC00 && cp < 0xE000) {
 					cp = 0xFFFD;
-				if (cp == '\n' && n > 0 && out[n - 1] == '\n') {
-					n--;
-					goto done;
 				}
-				n = put_utf8(out, n, size, cp);
+				break;
+			}
+			default: cp = p[1]; p += 2; break; /* \" \\ \/ and the rest: themselves */
+			}
+			if (cp < 0x20 && cp != '\n' && cp != '\t')
+				cp = ' ';
+			if (!started && is_ws(cp))
+				continue;
+			started = true;
+			if (cp == '\r')
+				continue;
+			if (cp == '\n') {
+				/* A line with nothing but white space ends the paragraph. */
+				bool blank = true;
+
+				for (size_t k = line_start; k < n; k++)
+					blank &= is_ws((unsigned char)out[k]);
+				if (blank && n > 0)
+					break;
+				if (!put_bytes(out, &n, size, "\n", 1))
+					break;
+				line_start = n;
 				continue;
 			}
-			default: break; /* \" \\ \/ and anything else: the char itself */
+			if (!put_utf8(out, &n, size, cp))
+				break;
+			continue;
+		}
+		{
+			int k = utf8_seq(p, end);
+
+			if (k < 0)
+				break; /* cut by the end of the slice */
+			if (k == 0) {
+				p++;
+				if (!started)
+					started = true;
+				if (!put_utf8(out, &n, size, 0xFFFD))
+					break;
+				continue;
 			}
+			if (k == 1 && (*p < 0x20 || is_ws(*p))) {
+				/* Raw control characters are not valid in JSON strings;
+				 * treat them as space. */
+				p++;
+				if (!started)
+					continue;
+				if (!put_bytes(out, &n, size, " ", 1))
+					break;
+				continue;
+			}
+			started = true;
+			if (!put_bytes(out, &n, size, p, (size_t)k))
+				break;
+			p += k;
 		}
-		if (c == '\n' && n > 0 && out[n - 1] == '\n') {
-			n--; /* a blank line ends the first paragraph */
-			break;
-		}
-		out[n++] = (char)c;
 	}
 done:
-	/* Trim surrounding white space. */
-	while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == ' ' || out[n - 1] == '\r' || out[n - 1] == '\t'))
+	while (n > 0 && is_ws((unsigned char)out[n - 1]))
 		n--;
-	out[n] = '\0';
+	if (size > 0)
+		out[n] = '\0';
 	return n;
 }
 
-/* The content value of the message whose role is at `role_pos`: the first
- * "content" after it before the next "role", else the last one between
- * the previous "role" and it. */
-static const uint8_t *content_of(const uint8_t *body, const uint8_t *end, const uint8_t *prev_role,
-				 const uint8_t *role_pos)
+/*
+ * A tolerant walk over the "messages" array of a chat body that may be cut
+ * anywhere: tracks strings and nesting, and for each message object (depth
+ * 2 under the array) its "role" and where its "content" value starts.
+ * Returns the content of the last message whose role is "user" and whose
+ * content was seen, or NULL.
+ */
+static const uint8_t *last_user_content(const uint8_t *body, const uint8_t *end)
 {
-	const uint8_t *next_role = find_key(role_pos, end, "role");
-	const uint8_t *c = find_key(role_pos, end, "content"), *best = NULL, *q;
+	const uint8_t *p = find_key(body, end, "messages"), *found = NULL;
+	const uint8_t *content = NULL, *key = NULL;
+	size_t keylen = 0;
+	int depth = 0;
+	bool user = false, expect_role = false;
 
-	if (c && (!next_role || c < next_role))
-		return c;
-	for (q = find_key(prev_role ? prev_role : body, role_pos, "content"); q;
-	     q = find_key(q, role_pos, "content"))
-		best = q;
-	return best;
+	if (!p || p >= end || *p != '[')
+		return NULL;
+	for (; p < end; p++) {
+		uint8_t c = *p;
+
+		if (c == '"') {
+			const uint8_t *s = p + 1, *q = s;
+
+			while (q < end && *q != '"')
+				q += *q == '\\' ? 2 : 1;
+			if (q >= end)
+				break; /* cut inside a string */
+			if (depth == 2) {
+				const uint8_t *after = q + 1;
+
+				while (after < end && is_ws(*after))
+					after++;
+				if (after < end && *after == ':') {
+					key = s;
+					keylen = (size_t)(q - s);
+					if (keylen == 7 && !memcmp(s, "content", 7)) {
+						const uint8_t *v = after + 1;
+
+						while (v < end && is_ws(*v))
+							v++;
+						content = v < end ? v : NULL;
+					}
+					expect_role = keylen == 4 && !memcmp(s, "role", 4);
+				} else if (expect_role) {
+					user = (size_t)(q - s) == 4 && !memcmp(s, "user", 4);
+					expect_role = false;
+				}
+			}
+			p = q;
+			continue;
+		}
+		if (c == '[' || c == '{') {
+			depth++;
+			if (depth == 2 && c == '{') {
+				content = NULL;
+				user = false;
+			}
+		} else if (c == ']' || c == '}') {
+			if (depth == 2 && c == '}' && user && content)
+				found = content;
+			if (--depth <= 0)
+				break; /* the end of the messages array */
+		}
+	}
+	/* A message cut by the end of the slice counts if both were seen. */
+	if (depth >= 2 && user && content)
+		found = content;
+	(void)key;
+	return found;
 }
 
 size_t fallback_last_user_paragraph(const uint8_t *body, size_t len, char *out, size_t size)
 {
-	const uint8_t *end = body + len, *p = body, *r, *last = NULL, *prev = NULL, *before_last = NULL, *c;
+	const uint8_t *end, *c;
 
 	if (size == 0)
 		return 0;
 	out[0] = '\0';
 	if (!body || len == 0)
 		return 0;
-	/* The last "role": "user", and the role before it. */
-	while ((r = find_key(p, end, "role")) != NULL) {
-		if ((size_t)(end - r) >= 6 && memcmp(r, "\"user\"", 6) == 0) {
-			before_last = prev;
-			last = r;
-		}
-		prev = r;
-		p = r;
-	}
-	if (!last)
-		return 0;
-	c = content_of(body, end, before_last, last);
-	if (!c || c >= end)
+	end = body + len;
+	c = last_user_content(body, end);
+	if (!c)
 		return 0;
 	if (*c == '[') {
 		/* Parts: the first text part. */

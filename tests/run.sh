@@ -4,8 +4,9 @@
 #   TG_BUILD=build            the build whose binaries are tested
 #   TG_ASAN_BUILD=build-asan  optional: run the unit and end-to-end suites
 #                             again with these ASan+UBSan binaries
-#   TG_FUZZ_SECONDS=60        optional: libFuzzer run of the frame decoder
-#                             (needs $TG_ASAN_BUILD/fuzz_frame), 0 = skip
+#   TG_FUZZ_SECONDS=60        optional: libFuzzer runs of the frame decoder and
+#                             the body scanner, that long each (needs
+#                             $TG_ASAN_BUILD/fuzz_frame and fuzz_body), 0 = skip
 #   TG_ONLY=pattern           run only suites whose name contains pattern
 #
 # Each suite prints its own checks; its output goes to $TG_LOG_DIR and is
@@ -68,8 +69,11 @@ unit() {
 	run "unit/codec$tag" "$bdir/test_spop"
 	run "unit/daytime$tag" "$bdir/test_daytime"
 	run "unit/engine$tag" "$bdir/test_engine"
+	run "unit/breaker$tag" "$bdir/test_breaker"
+	run "unit/fallback$tag" "$bdir/test_fallback"
 	run "unit/wire-selftest$tag" "$bdir/wire_selftest"
 	run "unit/fuzz-corpus-replay$tag" "$bdir/fuzz_replay" tests/fuzz/corpus
+	run "unit/fuzz-body-corpus-replay$tag" "$bdir/fuzz_body_replay" tests/fuzz/corpus-body
 }
 
 e2e() {
@@ -92,11 +96,18 @@ fi
 if [ "$FUZZ" -gt 0 ] && [ -n "$A" ]; then
 	fuzzrun() {
 		mkdir -p "$A/fuzz-corpus" &&
-			"$A/fuzz_frame" -max_total_time="$FUZZ" -max_len=70000 -print_final_stats=1 \
+			"$A/fuzz_frame" -max_total_time="$FUZZ" -max_len=70000 -print_final_stats=1 -artifact_prefix="$A/" \
 				"$A/fuzz-corpus" tests/fuzz/corpus &&
 			echo "1 passed, 0 failed"
 	}
 	run "fuzz/frame-decoder (${FUZZ}s)" fuzzrun
+	fuzzbody() {
+		mkdir -p "$A/fuzz-corpus-body" &&
+			"$A/fuzz_body" -max_total_time="$FUZZ" -max_len=8192 -print_final_stats=1 -artifact_prefix="$A/" \
+				"$A/fuzz-corpus-body" tests/fuzz/corpus-body &&
+			echo "1 passed, 0 failed"
+	}
+	run "fuzz/body-scanner (${FUZZ}s)" fuzzbody
 fi
 
 echo "$passed passed, $failed failed"
