@@ -28,6 +28,7 @@ static const struct config_key keys[] = {
 	STR(listen, "127.0.0.1:12345", "SPOP listener: HOST:PORT (port 0 = any free port) or a unix socket path"),
 	STR(db, "", "SQLite database file (default: tokengate.db next to the config file, or in the current directory)"),
 	STR(secret_file, "", "file holding the HMAC secret for API keys (default: <db>.secret, created 0600 if missing)"),
+	STR(user, "", "after binding its sockets, switch to this user (when started as root)"),
 	STR(port_file, "", "write the bound TCP port to this file once listening (for tests and supervisors)"),
 	STR(pid_file, "", "write the process id to this file"),
 	STR(log_socket, "", "unix datagram socket on which HAProxy sends its log lines (how requests without a response ended); empty = none"),

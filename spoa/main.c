@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <grp.h>
+#include <pwd.h>
 #include <unistd.h>
 
 #include "admin.h"
@@ -157,6 +159,39 @@ static int write_file_atomic(const char *path, const char *text)
 	if (fputs(text, f) == EOF || fclose(f) == EOF)
 		return -1;
 	return rename(tmp, path);
+}
+
+/* Switches to an unprivileged user (config key `user`) once the sockets
+ * are bound, before any file is opened. */
+static int drop_privileges(const char *user, char *err, size_t errsz)
+{
+	struct passwd *pw;
+
+	if (!user[0])
+		return 0;
+	pw = getpwnam(user);
+	if (!pw) {
+		snprintf(err, errsz, "user: no such user \"%s\"", user);
+		return -1;
+	}
+	if (geteuid() != 0) {
+		if (geteuid() == pw->pw_uid)
+			return 0;
+		snprintf(err, errsz, "user: running as uid %d, cannot become %s (start as root, or unset user)",
+			 (int)geteuid(), user);
+		return -1;
+	}
+	if (setgroups(0, NULL) == -1 || initgroups(user, pw->pw_gid) == -1 || setgid(pw->pw_gid) == -1 ||
+	    setuid(pw->pw_uid) == -1) {
+		snprintf(err, errsz, "user: cannot become %s: %s", user, strerror(errno));
+		return -1;
+	}
+	if (setuid(0) != -1) {
+		snprintf(err, errsz, "user: could become root again after switching to %s", user);
+		return -1;
+	}
+	LOG_INFO("running as %s (uid %d)", user, (int)pw->pw_uid);
+	return 0;
 }
 
 /* With no --db: tokengate.db next to the config file, or here. */
@@ -389,30 +424,11 @@ int main(int argc, char **argv)
 	}
 	g.env.cfg = &g.cfg;
 	g.env.on_free = on_conn_free;
-	g.env.engine = open_state(&g.cfg, default_secret, &g.store, err, sizeof(err));
-	if (!g.env.engine) {
-		LOG_ERROR("%s", err);
-		return 1;
-	}
-	{
-		char now[32];
-		const char *params[2] = {now, TOKENGATE_VERSION};
-
-		daytime_iso_utc_ms((int64_t)(ev_time() * 1000.0), now, sizeof(now));
-		if (store_exec_params(g.store,
-				      "INSERT INTO agent_state(name, value) VALUES ('started_at', ?1), ('version', ?2) "
-				      "ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-				      params, 2, NULL, err, sizeof(err)) == -1)
-			LOG_WARN("db: cannot record the start: %s", err);
-	}
-	if (store_start(g.store, g.env.loop, g.cfg.db_poll_ms, g.cfg.purge_interval_s, on_policy, NULL) == -1)
-		return 1;
 	g.listener = listener_new(&g.env, g.cfg.listen, err, sizeof(err));
 	if (!g.listener) {
 		LOG_ERROR("%s", err);
 		return 1;
 	}
-	g.sources = (struct metrics_sources){&g.env, g.env.engine, g.store, ev_time(), TOKENGATE_VERSION};
 	if (g.cfg.log_socket[0]) {
 		g.logsock = logsock_start(g.env.loop, g.cfg.log_socket, g.cfg.log_socket_mode, log_line_cb, NULL, err,
 					  sizeof(err));
@@ -436,6 +452,30 @@ int main(int argc, char **argv)
 			}
 		}
 	}
+	/* Every socket is bound: from here on, no more privileges. */
+	if (drop_privileges(g.cfg.user, err, sizeof(err)) == -1) {
+		LOG_ERROR("%s", err);
+		return 1;
+	}
+	g.env.engine = open_state(&g.cfg, default_secret, &g.store, err, sizeof(err));
+	if (!g.env.engine) {
+		LOG_ERROR("%s", err);
+		return 1;
+	}
+	{
+		char now[32];
+		const char *params[2] = {now, TOKENGATE_VERSION};
+
+		daytime_iso_utc_ms((int64_t)(ev_time() * 1000.0), now, sizeof(now));
+		if (store_exec_params(g.store,
+				      "INSERT INTO agent_state(name, value) VALUES ('started_at', ?1), ('version', ?2) "
+				      "ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+				      params, 2, NULL, err, sizeof(err)) == -1)
+			LOG_WARN("db: cannot record the start: %s", err);
+	}
+	if (store_start(g.store, g.env.loop, g.cfg.db_poll_ms, g.cfg.purge_interval_s, on_policy, NULL) == -1)
+		return 1;
+	g.sources = (struct metrics_sources){&g.env, g.env.engine, g.store, ev_time(), TOKENGATE_VERSION};
 	if (g.cfg.pid_file[0]) {
 		snprintf(num, sizeof(num), "%ld\n", (long)getpid());
 		if (write_file_atomic(g.cfg.pid_file, num) == -1)
