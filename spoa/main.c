@@ -397,6 +397,10 @@ int main(int argc, char **argv)
 			return admin_run(&g.cfg, default_secret, argc, argv);
 		}
 	}
+	if (check && g.cfg.user[0] && !getpwnam(g.cfg.user)) {
+		fprintf(stderr, "tokengate: user: no such user \"%s\"\n", g.cfg.user);
+		return 2;
+	}
 	if (check) {
 		struct store *s = NULL;
 		struct engine *e = open_state(&g.cfg, default_secret, &s, err, sizeof(err));
