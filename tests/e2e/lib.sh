@@ -677,3 +677,362 @@ tg__reloaded_since() {
 tg_start_agent_isolated() {
 	tg_start_agent "$@"
 }
+
+# ---- Metrics: the agent's /metrics, HAProxy's, Prometheus --------------------
+# (tests/e2e/test_metrics.sh, tests/e2e/test_prometheus.sh). The helpers
+# below only add to what is above.
+#
+# haproxy.cfg's frontend "metrics" (HAProxy's own Prometheus exporter) binds
+# TG_METRICS_ADDR, 127.0.0.1:8405 by default: a fixed port that tests running
+# side by side would fight over, and HAProxy would refuse to start. Every test
+# that sources this file therefore gets a free loopback port, exported here so
+# that tg_start_haproxy's HAProxy inherits it. Set TG_METRICS_ADDR yourself to
+# choose (an empty value turns the frontend off).
+#   TG_METRICS_ADDR   HAProxy's metrics frontend (host:port)
+#   TG_METRICS_URL    http://$TG_METRICS_ADDR/metrics
+if [ -z "${TG_METRICS_ADDR+set}" ]; then
+	TG_METRICS_ADDR=127.0.0.1:$(tg_free_port) || TG_METRICS_ADDR=127.0.0.1:8405
+fi
+TG_METRICS_URL=http://$TG_METRICS_ADDR/metrics
+export TG_METRICS_ADDR
+
+# tg_admin_get PATH [FILE]: GET PATH on the agent's admin listener
+# (127.0.0.1:$TG_ADMIN_PORT), the body saved in FILE (default
+# $TG_TMP/admin.body). Sets TG_ADMIN_STATUS (000 when no answer),
+# TG_ADMIN_CTYPE (Content-Type) and TG_ADMIN_BODY (the file). Call it
+# directly, not in $(...), or the variables are lost with the subshell.
+tg_admin_get() {
+	TG_ADMIN_BODY=${2:-$TG_TMP/admin.body}
+	rm -f "$TG_ADMIN_BODY"
+	tg__out=$(curl -sS --max-time 5 -o "$TG_ADMIN_BODY" -w '%{http_code} %{content_type}' \
+		"http://127.0.0.1:$TG_ADMIN_PORT$1" 2>>"$TG_TMP/curl.log")
+	TG_ADMIN_STATUS=${tg__out%% *}
+	TG_ADMIN_CTYPE=${tg__out#* }
+	[ -n "$TG_ADMIN_STATUS" ] || TG_ADMIN_STATUS=000
+	[ "$TG_ADMIN_STATUS" != 000 ]
+}
+
+# tg_scrape FILE: save the agent's /metrics in FILE; fails unless it answered
+# 200.
+tg_scrape() {
+	tg_admin_get /metrics "$1" || return 1
+	[ "$TG_ADMIN_STATUS" = 200 ]
+}
+
+# tg_metric FILE NAME [LABEL=VALUE...]: the sum of the samples of metric NAME
+# in the exposition FILE whose labels include every LABEL="VALUE" given (the
+# others are summed over, as PromQL's sum() would; label order does not
+# matter). Prints nothing when no sample matches, so that "absent" and "0"
+# stay apart. Values are printed with %.17g (integers as integers).
+tg_metric() {
+	tg__f=$1
+	tg__name=$2
+	shift 2
+	awk -v name="$tg__name" -v want="$*" '
+		BEGIN { nw = split(want, w, " ") }
+		/^#/ || NF < 2 { next }
+		{
+			series = $1
+			# A label value may hold spaces: the value is the last field.
+			if (index($0, "}") > 0) {
+				series = substr($0, 1, index($0, "}"))
+			}
+			n = series
+			sub(/\{.*/, "", n)
+			if (n != name) next
+			labels = ""
+			if (index(series, "{") > 0) {
+				labels = substr(series, index(series, "{") + 1)
+				sub(/\}$/, "", labels)
+			}
+			ok = 1
+			for (i = 1; i <= nw; i++) {
+				eq = index(w[i], "=")
+				pat = substr(w[i], 1, eq - 1) "=\"" substr(w[i], eq + 1) "\""
+				if (index("," labels ",", "," pat ",") == 0) { ok = 0; break }
+			}
+			if (!ok) next
+			sum += $NF
+			found = 1
+		}
+		END { if (found) printf "%.17g\n", sum }' "$tg__f"
+}
+
+# tg_haproxy_scrape FILE: save HAProxy's own /metrics (the "metrics"
+# frontend) in FILE; fails unless it answered 200.
+tg_haproxy_scrape() {
+	[ "$(curl -s --max-time 5 -o "$1" -w '%{http_code}' "$TG_METRICS_URL" 2>>"$TG_TMP/curl.log")" = 200 ]
+}
+
+# tg_promtool: Debian's promtool (or $TG_PROMTOOL_BIN); tg_prometheus_bin:
+# the Prometheus server (or $TG_PROMETHEUS_BIN). Both print nothing and fail
+# when missing.
+tg_promtool() {
+	tg__b=${TG_PROMTOOL_BIN:-$(command -v promtool 2>/dev/null)}
+	[ -n "$tg__b" ] && [ -x "$tg__b" ] && echo "$tg__b"
+}
+tg_prometheus_bin() {
+	tg__b=${TG_PROMETHEUS_BIN:-$(command -v prometheus 2>/dev/null)}
+	[ -n "$tg__b" ] && [ -x "$tg__b" ] && echo "$tg__b"
+}
+
+# tg_start_prometheus CONFIG: start the Prometheus server with CONFIG on a
+# free loopback port, its storage in $TG_TMP/prometheus; waits (bounded)
+# until it is ready. Sets TG_PROM_PORT, TG_PROM_URL and TG_PROM_PID; the log
+# goes to $TG_TMP/prometheus.log. Stopped by PID with everything else.
+tg_start_prometheus() {
+	tg__pb=$(tg_prometheus_bin) || {
+		echo "# prometheus not installed (apt-get install prometheus)" >&2
+		return 1
+	}
+	TG_PROM_PORT=$(tg_free_port) || return 1
+	TG_PROM_URL=http://127.0.0.1:$TG_PROM_PORT
+	mkdir -p "$TG_TMP/prometheus"
+	"$tg__pb" --config.file="$1" --storage.tsdb.path="$TG_TMP/prometheus" \
+		--web.listen-address="127.0.0.1:$TG_PROM_PORT" --log.level=warn \
+		>"$TG_TMP/prometheus.log" 2>&1 &
+	TG_PROM_PID=$!
+	tg__track "$TG_PROM_PID" prometheus
+	tg__i=0
+	while [ "$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' "$TG_PROM_URL/-/ready" 2>/dev/null)" != 200 ]; do
+		if ! tg_alive "$TG_PROM_PID"; then
+			echo "# prometheus exited" >&2
+			return 1
+		fi
+		tg__i=$((tg__i + 1))
+		if [ "$tg__i" -ge $((TG_WAIT_S * 10)) ]; then
+			echo "# prometheus not ready after ${TG_WAIT_S}s" >&2
+			return 1
+		fi
+		sleep 0.1
+	done
+}
+
+# tg_prom_alert_state ALERTNAME: the state Prometheus reports for ALERTNAME
+# in /api/v1/alerts ("firing", "pending"; "inactive" when not listed, "error"
+# when the API did not answer). Several instances: the "hottest" one.
+tg_prom_alert_state() {
+	curl -s --max-time 3 "$TG_PROM_URL/api/v1/alerts" 2>/dev/null | "$TG_PYTHON" -c 'import json, sys
+try:
+    j = json.load(sys.stdin)
+except ValueError:
+    print("error"); sys.exit(0)
+states = [a.get("state") for a in j.get("data", {}).get("alerts", []) if a.get("labels", {}).get("alertname") == sys.argv[1]]
+print("firing" if "firing" in states else "pending" if "pending" in states else "inactive")' "$1"
+}
+
+# tg_prom_query EXPR: the value of the first sample of an instant PromQL
+# query (empty when the result is empty or the API did not answer).
+tg_prom_query() {
+	curl -s --max-time 3 -G --data-urlencode "query=$1" "$TG_PROM_URL/api/v1/query" 2>/dev/null |
+		"$TG_PYTHON" -c 'import json, sys
+try:
+    r = json.load(sys.stdin)["data"]["result"]
+except (ValueError, KeyError):
+    sys.exit(0)
+if r:
+    print(r[0]["value"][1])'
+}
+
+# tg_hold_db_write_lock SECONDS [DB]: start a process that takes the write
+# lock of DB (default $TG_DB) with BEGIN IMMEDIATE and holds it for at most
+# SECONDS (readers go on; the agent's writes are refused). Waits (bounded)
+# until the lock is held. Sets TG_LOCK_PID: tg_stop_pid "$TG_LOCK_PID"
+# releases it early; it is stopped with everything else otherwise.
+tg_hold_db_write_lock() {
+	rm -f "$TG_TMP/lock.ready"
+	"$TG_PYTHON" -c 'import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], timeout=5, isolation_level=None)
+con.execute("BEGIN IMMEDIATE")
+open(sys.argv[3], "w").write("held\n")
+time.sleep(float(sys.argv[2]))' "${2:-$TG_DB}" "$1" "$TG_TMP/lock.ready" >>"$TG_TMP/lock.log" 2>&1 &
+	TG_LOCK_PID=$!
+	tg__track "$TG_LOCK_PID" db-lock
+	tg__i=0
+	while [ ! -s "$TG_TMP/lock.ready" ]; do
+		if ! tg_alive "$TG_LOCK_PID"; then
+			echo "# the lock holder exited: $(cat "$TG_TMP/lock.log")" >&2
+			return 1
+		fi
+		tg__i=$((tg__i + 1))
+		[ "$tg__i" -lt $((TG_WAIT_S * 10)) ] || return 1
+		sleep 0.1
+	done
+}
+
+# ---- Fallbacks, the agent's log socket, the OpenAI SDK -----------------------
+# (tests/e2e/test_fallback_render.sh, tests/e2e/test_openai_sdk.sh). The
+# helpers below only add to what is above.
+#
+# haproxy.cfg also sends the frontend's log lines to TG_AGENT_LOG, a unix
+# datagram socket (/tmp/tokengate-log.sock by default, one path for the whole
+# machine). Every test that sources this file gets its own path in TG_TMP
+# instead, exported for tg_start_haproxy's HAProxy; set TG_AGENT_LOG yourself
+# to choose (empty: not sent). Nothing listens there unless the test starts
+# the agent with --log-socket "$TG_AGENT_LOG" or calls tg_log_listen: HAProxy
+# then drops the lines (and says so once in haproxy.log).
+if [ -z "${TG_AGENT_LOG+set}" ]; then
+	TG_AGENT_LOG=$TG_TMP/agent-log.sock
+fi
+export TG_AGENT_LOG
+
+# tg_log_listen OUT [SOCKET]: bind the unix datagram SOCKET (default
+# $TG_AGENT_LOG) in place of the agent, and append every datagram HAProxy
+# sends there to the file OUT, one line each. Waits (bounded) until the socket
+# exists. Sets TG_LOG_LISTEN_PID; stopped with everything else.
+tg_log_listen() {
+	tg__lo=$1
+	tg__ls=${2:-$TG_AGENT_LOG}
+	rm -f "$tg__ls"
+	: >"$tg__lo"
+	"$TG_PYTHON" -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+with open(sys.argv[2], "ab", buffering=0) as out:
+    while True:
+        d = s.recv(65536)
+        out.write(d.rstrip(b"\n") + b"\n")' "$tg__ls" "$tg__lo" >>"$TG_TMP/log-listen.log" 2>&1 &
+	TG_LOG_LISTEN_PID=$!
+	tg__track "$TG_LOG_LISTEN_PID" log-listen
+	tg__i=0
+	while [ ! -S "$tg__ls" ]; do
+		if ! tg_alive "$TG_LOG_LISTEN_PID"; then
+			echo "# log listener exited" >&2
+			return 1
+		fi
+		tg__i=$((tg__i + 1))
+		if [ "$tg__i" -ge $((TG_WAIT_S * 10)) ]; then
+			echo "# log socket $tg__ls not bound after ${TG_WAIT_S}s" >&2
+			return 1
+		fi
+		sleep 0.1
+	done
+}
+
+# tg_log_line FILE ID [SECONDS]: the log line (from tg_log_listen's FILE)
+# whose id= is ID, waiting for it up to SECONDS (default 2): HAProxy logs a
+# request when it ends, which may be just after the client got the answer.
+# Prints nothing and fails when there is none.
+tg_log_line() {
+	tg__lf=$1
+	tg__lid=$2
+	tg_poll "${3:-2}" tg__log_has "$tg__lf" "$tg__lid" || return 1
+	grep -F " id=$tg__lid " "$tg__lf" | tail -n 1
+}
+tg__log_has() {
+	grep -qF " id=$2 " "$1" 2>/dev/null
+}
+
+# tg_log_field LINE KEY: the value of KEY= in a key=value log line (up to the
+# next space; a quoted value is printed with its quotes).
+tg_log_field() {
+	printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1
+}
+
+# tg_completion_text FILE: FILE is one OpenAI "chat.completion" object (id,
+# created, model, choices[0] with an assistant message and a finish_reason;
+# trailing whitespace allowed, as JSON allows it): prints the message content
+# (on one line, newlines as \n) and succeeds; prints the reason and fails
+# otherwise.
+tg_completion_text() {
+	"$TG_PYTHON" -c 'import json, sys
+try:
+    j = json.loads(open(sys.argv[1], "rb").read().decode("utf-8"))
+except (ValueError, UnicodeDecodeError) as e:
+    print("not JSON: %s" % e); sys.exit(1)
+def bad(why):
+    print(why); sys.exit(1)
+if not isinstance(j, dict) or j.get("object") != "chat.completion":
+    bad("object is not chat.completion")
+if not isinstance(j.get("id"), str) or not isinstance(j.get("created"), int) or not isinstance(j.get("model"), str):
+    bad("id, created or model missing")
+ch = j.get("choices")
+if not isinstance(ch, list) or not ch or not isinstance(ch[0], dict):
+    bad("no choices")
+m = ch[0].get("message")
+if not isinstance(m, dict) or m.get("role") != "assistant" or not isinstance(m.get("content"), str):
+    bad("choices[0].message is not an assistant message")
+if ch[0].get("finish_reason") not in ("stop", "length"):
+    bad("choices[0].finish_reason is %r" % ch[0].get("finish_reason"))
+print(json.dumps(m["content"], ensure_ascii=False)[1:-1])' "$1"
+}
+
+# tg_sse_text FILE: FILE is a text/event-stream of "chat.completion.chunk"
+# events ("data: {...}" then a blank line each) ending with "data: [DONE]",
+# at least one chunk with a finish_reason: prints the concatenated
+# choices[0].delta.content (newlines as \n) and succeeds; prints the reason
+# and fails otherwise.
+tg_sse_text() {
+	"$TG_PYTHON" -c 'import json, sys
+try:
+    raw = open(sys.argv[1], "rb").read().decode("utf-8")
+except UnicodeDecodeError as e:
+    print("not UTF-8: %s" % e); sys.exit(1)
+def bad(why):
+    print(why); sys.exit(1)
+events = [e for e in raw.replace("\r\n", "\n").split("\n\n") if e.strip()]
+if not events:
+    bad("no event")
+datas = []
+for e in events:
+    lines = [l for l in e.split("\n") if l and not l.startswith(":")]
+    if len(lines) != 1 or not lines[0].startswith("data: "):
+        bad("not a single data line: %r" % e[:120])
+    datas.append(lines[0][6:])
+if datas[-1] != "[DONE]":
+    bad("last event is not [DONE]: %r" % datas[-1][:120])
+text, finished = "", False
+for d in datas[:-1]:
+    try:
+        c = json.loads(d)
+    except ValueError:
+        bad("event is not JSON: %r" % d[:120])
+    if c.get("object") != "chat.completion.chunk" or not isinstance(c.get("id"), str):
+        bad("event is not a chat.completion.chunk: %r" % d[:120])
+    for ch in c.get("choices") or []:
+        delta = ch.get("delta") or {}
+        if isinstance(delta.get("content"), str):
+            text += delta["content"]
+        if ch.get("finish_reason"):
+            finished = True
+if not finished:
+    bad("no chunk has a finish_reason")
+print(json.dumps(text, ensure_ascii=False)[1:-1])' "$1"
+}
+
+# tg_node_bin: node (or $TG_NODE_BIN); prints nothing and fails when missing.
+tg_node_bin() {
+	tg__b=${TG_NODE_BIN:-$(command -v node 2>/dev/null)}
+	[ -n "$tg__b" ] && [ -x "$tg__b" ] && echo "$tg__b"
+}
+
+# tg_restart_mock NAME [MODE]: start mock provider NAME again on the port it
+# had (after tg_stop_pid "$TG_MOCK_PID_<NAME>"), so that HAProxy's server
+# line points at it again; waits (bounded) until it answers. Updates
+# TG_MOCK_PID_<NAME>.
+tg_restart_mock() {
+	tg__name=$1
+	tg__port=$(tg__mock_port "$tg__name")
+	[ -n "$tg__port" ] || {
+		echo "# tg_restart_mock: no mock '$tg__name' was started" >&2
+		return 1
+	}
+	"$TG_PYTHON" "$TG_MOCK_BIN" --port "$tg__port" --name "$tg__name" \
+		--mode "${2:-ok}" --quiet >>"$TG_TMP/mock-$tg__name.log" 2>&1 &
+	tg__mpid=$!
+	tg__track "$tg__mpid" "mock-$tg__name"
+	eval "TG_MOCK_PID_$tg__name=\$tg__mpid"
+	tg__i=0
+	while [ "$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' "http://127.0.0.1:$tg__port/healthz" 2>/dev/null)" != 200 ]; do
+		if ! tg_alive "$tg__mpid"; then
+			echo "# mock $tg__name did not start again on port $tg__port" >&2
+			return 1
+		fi
+		tg__i=$((tg__i + 1))
+		if [ "$tg__i" -ge $((TG_WAIT_S * 10)) ]; then
+			echo "# mock $tg__name not answering after ${TG_WAIT_S}s" >&2
+			return 1
+		fi
+		sleep 0.1
+	done
+}
