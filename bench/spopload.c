@@ -525,7 +525,9 @@ conn_fill(struct conn *c, uint64_t now)
 		 * slot = (sid - 1) % depth. */
 		sid = c->notify_seq * o->depth + slot + 1;
 		c->notify_seq++;
-		idlen = snprintf(uid, sizeof(uid), "b%u-%" PRIu64, c->id, c->req_seq++);
+		/* Unique across runs too, as HAProxy's unique-ids are: a repeated
+		 * id is a replay to the agent, not a new request. */
+		idlen = snprintf(uid, sizeof(uid), "b%ld-%u-%" PRIu64, (long)getpid(), c->id, c->req_seq++);
 		ulen = snprintf(user, sizeof(user), "user-%u",
 				(unsigned)(rng_next(&c->w->rng) % o->users));
 		args[0] = (struct spopwire_arg){ "unique_id", spopwire_strn(uid, (size_t)idlen) };
@@ -754,7 +756,7 @@ conn_on_frame(struct conn *c, const struct spopwire_frame *f, uint64_t now)
 		 * the next frame-id, the request's unique_id and its usage. */
 		struct spopwire_arg args[5];
 		char uid[48];
-		int idlen = snprintf(uid, sizeof(uid), "b%u-%" PRIu64, c->id, s->req);
+		int idlen = snprintf(uid, sizeof(uid), "b%ld-%u-%" PRIu64, (long)getpid(), c->id, s->req);
 		size_t room = SPOPWIRE_LEN_SIZE + (size_t)c->max_frame;
 		long n;
 

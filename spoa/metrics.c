@@ -60,10 +60,11 @@ static void render_engine(struct buf *b, struct engine *e)
 	const struct policy *p = engine_policy(e);
 
 	head(b, "tokengate_decisions_total", "counter", "Decisions on llm-request, by action and reason.");
+	/* Every pair from the start: a series that appears only with its first
+	 * increment hides that increment from rate(). */
 	for (int a = 0; a < ENGINE_ACTION_COUNT; a++)
 		for (int r = 0; r < ENGINE_REASON_COUNT; r++)
-			if (st->decisions[a][r] || (a == ENGINE_ALLOW && r == ENGINE_OK) ||
-			    (a == ENGINE_DENY && r == ENGINE_BUDGET_TOKENS))
+			if (a != ENGINE_ALLOW || r == ENGINE_OK)
 				buf_printf(b, "tokengate_decisions_total{action=\"%s\",reason=\"%s\"} %llu\n",
 					   engine_action_str((enum engine_action)a),
 					   engine_reason_str((enum engine_reason)r),

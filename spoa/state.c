@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "breaker.h"
 #include "daytime.h"
 #include "ledger.h"
 #include "policy.h"
@@ -53,6 +54,32 @@ static void add_tier(void *val, void *arg)
 	cJSON_AddItemToObject(arg, t->name, o);
 }
 
+static void add_breaker(const struct breaker *b, void *arg)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	cJSON_AddStringToObject(o, "state", breaker_state_str(b->state));
+	cJSON_AddNumberToObject(o, "since", b->since);
+	if (b->state == BREAKER_OPEN)
+		cJSON_AddNumberToObject(o, "open_until", b->open_until);
+	if (b->reason && b->state != BREAKER_CLOSED)
+		cJSON_AddStringToObject(o, "reason", b->reason);
+	cJSON_AddNumberToObject(o, "consecutive_failures", b->consecutive);
+	cJSON_AddNumberToObject(o, "probes_in_flight", b->probes_in_flight);
+	cJSON_AddNumberToObject(o, "servers_up", b->servers_up);
+	cJSON_AddNumberToObject(o, "opened_total", (double)b->opened_total);
+	cJSON_AddNumberToObject(o, "requests_total", (double)b->requests_total);
+	cJSON_AddNumberToObject(o, "failures_total", (double)b->failures_total);
+	cJSON_AddItemToObject(arg, b->name, o);
+}
+
+static const char *fallback_str(enum policy_fallback f)
+{
+	static const char *const names[] = {"none", "backend", "static", "computed"};
+
+	return (unsigned)f < 4 ? names[f] : "?";
+}
+
 char *state_json(const struct metrics_sources *m, size_t *len)
 {
 	struct ledger *l = engine_ledger(m->engine);
@@ -79,6 +106,25 @@ char *state_json(const struct metrics_sources *m, size_t *len)
 
 	o = cJSON_AddObjectToObject(root, "tiers");
 	strmap_each(&p->tiers, add_tier, o);
+	arr = cJSON_AddArrayToObject(root, "routes");
+	for (int i = 0; i < p->nroutes; i++) {
+		const struct policy_route *r = &p->routes[i];
+		cJSON *e = cJSON_CreateObject(), *chain = cJSON_CreateArray();
+
+		cJSON_AddStringToObject(e, "name", r->name);
+		cJSON_AddStringToObject(e, "path_prefix", r->path_prefix);
+		cJSON_AddStringToObject(e, "model_glob", r->model_glob);
+		for (int k = 0; k < r->nchain; k++)
+			cJSON_AddItemToArray(chain, cJSON_CreateString(r->chain[k]->name));
+		cJSON_AddItemToObject(e, "chain", chain);
+		cJSON_AddNumberToObject(e, "timeout_ms", (double)r->timeout_ms);
+		cJSON_AddStringToObject(e, "fallback", fallback_str(r->fallback));
+		cJSON_AddStringToObject(e, "prompt_logging", policy_logging_str(r->logging));
+		cJSON_AddNumberToObject(e, "prompt_retention_days", r->log_retention_days);
+		cJSON_AddItemToArray(arr, e);
+	}
+	o = cJSON_AddObjectToObject(root, "breakers");
+	engine_each_breaker(m->engine, add_breaker, o);
 	cJSON_AddNumberToObject(root, "users_with_overrides", (double)p->users.count);
 	cJSON_AddNumberToObject(root, "api_keys", (double)p->keys.count);
 

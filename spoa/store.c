@@ -20,6 +20,7 @@
  * thousand users stay in memory instead of being re-read for each flush. */
 #define STORE_CACHE_KB "32768"
 #define STORE_RETRY_S 0.5
+#define STORE_PROBE_IDLE_S 5.0
 #define STORE_PURGE_BATCH 1000
 
 enum stmt_id {
@@ -811,10 +812,26 @@ static void carry(struct store *s, struct batch *list)
 	}
 }
 
+/* An idle agent still learns that its database became read-only, full or
+ * locked: take the write lock and let it go. */
+static void probe_writable(struct store *s)
+{
+	int ok = step_reset(s->st[ST_BEGIN]) == 0;
+
+	if (ok) {
+		step_reset(s->st[ST_ROLLBACK]);
+		pthread_mutex_lock(&s->mu);
+		s->stats.db_ok = 1;
+		pthread_mutex_unlock(&s->mu);
+	} else {
+		set_error(s, "write probe");
+	}
+}
+
 static void *writer_main(void *arg)
 {
 	struct store *s = arg;
-	double next_poll = 0, next_purge = 0, next_retry = 0;
+	double next_poll = 0, next_purge = 0, next_retry = 0, last_write = mono_now();
 
 	pthread_mutex_lock(&s->mu);
 	for (;;) {
@@ -858,6 +875,7 @@ static void *writer_main(void *arg)
 		carry(s, got);
 		now = mono_now();
 		if (s->carried && (got || now >= next_retry || stop)) {
+			last_write = now;
 			flush_carried(s);
 			if (s->carried)
 				next_retry = now + STORE_RETRY_S;
@@ -866,6 +884,10 @@ static void *writer_main(void *arg)
 			break;
 		if (now >= next_poll) {
 			check_changes(s);
+			if (!s->carried && now - last_write >= STORE_PROBE_IDLE_S) {
+				probe_writable(s);
+				last_write = now;
+			}
 			next_poll = now + (double)s->poll_ms / 1000.0;
 		}
 		if (now >= next_purge) {

@@ -87,6 +87,7 @@ e2e() {
 
 unit "$B" ""
 run "schema" sh tests/test_schema.sh
+run "alert-rules" sh tests/test_alert_rules.sh
 run "mock-provider" sh tests/mock_provider_selftest.sh
 e2e "$B" ""
 if [ -n "$A" ]; then
