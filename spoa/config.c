@@ -31,7 +31,7 @@ static const struct config_key keys[] = {
 	STR(user, "", "after binding its sockets, switch to this user (when started as root)"),
 	STR(port_file, "", "write the bound TCP port to this file once listening (for tests and supervisors)"),
 	STR(pid_file, "", "write the process id to this file"),
-	STR(log_socket, "", "unix datagram socket on which HAProxy sends its log lines (how requests without a response ended); empty = none"),
+	STR(log_socket, "/tmp/tokengate-log.sock", "unix datagram socket where HAProxy sends one log line per request (TG_AGENT_LOG in haproxy.cfg): how each request ended, with its real usage; empty = none"),
 	INT(log_socket_mode, 0, 0777, "0660", "permissions of log_socket (octal): HAProxy's user must be able to write to it"),
 	STR(admin_listen, "127.0.0.1:9121", "admin HTTP listener for /metrics, /healthz and /state: HOST:PORT (loopback), or empty for none"),
 	STR(admin_port_file, "", "write the admin listener's bound port to this file"),

@@ -670,6 +670,8 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 	if (rq.route) {
 		ack_set_cstr(out, "route", rq.route->name);
 		ack_set_int(out, "timeout_ms", rq.route->timeout_ms);
+		if (rq.route->logging != POLICY_LOG_OFF)
+			ack_set_int(out, "log_output", 1);
 		/* Last and largest: what HAProxy renders if the provider fails. */
 		if (rq.route->fallback == POLICY_FALLBACK_STATIC || rq.route->fallback == POLICY_FALLBACK_COMPUTED)
 			put_fallback_text(e, &rq, out);
@@ -737,28 +739,19 @@ static void feed_breaker(struct engine *e, const struct ledger_resv *r, const ch
 	breaker_latency(b, now - r->created);
 }
 
-/* The provider answered: replace the estimate with the real usage. */
-static void settle(struct engine *e, double now, const struct spop_msg *msg)
+/*
+ * Closes a reservation with what is known of its end (see struct
+ * engine_end): feeds the provider's breaker, replaces the estimate with
+ * the real usage when the provider's JSON answer reported it, writes the
+ * audit and prompt rows, frees r.
+ */
+static void finish(struct engine *e, struct ledger_resv *r, double now, const struct engine_end *end)
 {
-	const struct spop_data *args[A_COUNT];
-	struct spop_str uid;
-	struct ledger_resv *r;
+	int64_t in = end->prompt_tokens, out = end->completion_tokens, cost;
+	int status = end->provider_status;
+	bool client_gone = end->tsc && (end->tsc[0] == 'C' || end->tsc[0] == 'c');
+	bool server_fault = end->tsc && (end->tsc[0] == 's' || end->tsc[0] == 'S');
 
-	index_args(msg, args);
-	uid = arg_str(args[A_UNIQUE_ID]);
-	r = ledger_take(e->ledger, (const char *)uid.ptr, uid.len);
-	int64_t status, in, out, cost;
-	bool streamed;
-
-	if (!r) {
-		/* Settled already, expired, or never ours: changing anything
-		 * now would count twice. */
-		e->stats.late_responses++;
-		return;
-	}
-	status = arg_int(args[A_STATUS], -1);
-	in = arg_int(args[A_PROMPT_TOKENS], -1);
-	out = arg_int(args[A_COMPLETION_TOKENS], -1);
 	/* Usage comes from a response body: bound it like any peer input.
 	 * No real answer reports more than this; a wild value must not wrap
 	 * the counters or make the database refuse the row. */
@@ -766,22 +759,32 @@ static void settle(struct engine *e, double now, const struct spop_msg *msg)
 		in = ENGINE_MAX_USAGE;
 	if (out > ENGINE_MAX_USAGE)
 		out = ENGINE_MAX_USAGE;
-	streamed = arg_bool(args[A_STREAMED]);
-	{
-		struct spop_str be = arg_str(args[A_BACKEND]);
-		char backend[64];
+	if (status >= 0) {
+		/* The provider answered: its status is the verdict, even if the
+		 * client left while it was being sent. */
+		feed_breaker(e, r, end->backend, now, status, end->retry_after, false);
+	} else if (server_fault) {
+		/* No answer: timeout, refused or reset on the provider's side. */
+		feed_breaker(e, r, end->backend, now, -1, 0, true);
+	} else {
+		/* The client went away first, or nothing is known: no verdict. */
+		struct breaker *b = r->probe ? breaker_of(e, r->provider, now) : NULL;
 
-		batch_copy(backend, sizeof(backend), (const char *)be.ptr, be.len);
-		feed_breaker(e, r, backend, now, status, arg_int(args[A_RETRY_AFTER], 0), false);
+		if (b)
+			breaker_probe_done(b);
 	}
+	if (client_gone)
+		e->stats.client_aborts++;
 	if (status >= 400 && in < 0 && out < 0) {
 		/* A failed call with no usage: providers do not bill it. */
 		in = out = 0;
-	} else if (streamed || status < 200 || in < 0 || out < 0) {
-		/* Streamed, or a body HAProxy could not read: keep the estimate. */
+	} else if (end->streamed == 1 || status < 200 || status >= 300 || in < 0 || out < 0) {
+		/* Streamed, no answer, or a body HAProxy could not read: the
+		 * estimate stands (the provider may have worked for it). */
 		e->stats.settled_estimate++;
-		audit_resv(e, r, now, "estimated", r->est_in, r->est_out, r->est_cost, (int)status);
-		log_prompt(e, r, now, arg_str(args[A_OUTPUT_HEAD]));
+		audit_resv(e, r, now, "estimated", r->est_in, r->est_out, r->est_cost,
+			   status >= 0 ? status : end->status);
+		log_prompt(e, r, now, end->output);
 		ledger_resv_free(e->ledger, r);
 		return;
 	}
@@ -790,13 +793,44 @@ static void settle(struct engine *e, double now, const struct spop_msg *msg)
 	e->stats.settled++;
 	e->stats.tokens_charged += (uint64_t)(in + out);
 	e->stats.cost_nano_charged += (uint64_t)cost;
-	audit_resv(e, r, now, "settled", in, out, cost, (int)status);
-	log_prompt(e, r, now, arg_str(args[A_OUTPUT_HEAD]));
+	audit_resv(e, r, now, "settled", in, out, cost, status);
+	log_prompt(e, r, now, end->output);
 	ledger_resv_free(e->ledger, r);
+}
+
+/* The llm-response SPOE message: the provider answered. */
+static void settle(struct engine *e, double now, const struct spop_msg *msg)
+{
+	const struct spop_data *args[A_COUNT];
+	struct spop_str uid, be;
+	struct ledger_resv *r;
+	struct engine_end end = {0};
+	char backend[64];
+
+	index_args(msg, args);
+	uid = arg_str(args[A_UNIQUE_ID]);
+	r = ledger_take(e->ledger, (const char *)uid.ptr, uid.len);
+	if (!r) {
+		/* Settled already, expired, or never ours: changing anything
+		 * now would count twice. */
+		e->stats.late_responses++;
+		return;
+	}
+	be = arg_str(args[A_BACKEND]);
+	batch_copy(backend, sizeof(backend), (const char *)be.ptr, be.len);
+	end.backend = backend;
+	end.status = end.provider_status = (int)arg_int(args[A_STATUS], -1);
+	end.prompt_tokens = arg_int(args[A_PROMPT_TOKENS], -1);
+	end.completion_tokens = arg_int(args[A_COMPLETION_TOKENS], -1);
+	end.streamed = arg_bool(args[A_STREAMED]);
+	end.retry_after = arg_int(args[A_RETRY_AFTER], 0);
+	end.output = arg_str(args[A_OUTPUT_HEAD]);
+	finish(e, r, now, &end);
 }
 
 void engine_on_message(struct engine *e, double now, const struct spop_msg *msg, struct ack *out)
 {
+	e->health_now = now;
 	if (now >= (double)e->today.end)
 		engine_tick(e, now);
 	if (spop_str_eq(msg->name, "llm-request"))
@@ -807,35 +841,15 @@ void engine_on_message(struct engine *e, double now, const struct spop_msg *msg,
 		e->stats.unknown_messages++;
 }
 
-void engine_on_log(struct engine *e, double now, const char *uid, size_t uid_len, const char *backend,
-		   int status, const char *tsc)
+void engine_on_log(struct engine *e, double now, const struct engine_end *end)
 {
-	struct ledger_resv *r = ledger_take(e->ledger, uid, uid_len);
-	bool client_gone, server_fault;
+	e->health_now = now;
+	struct ledger_resv *r = ledger_take(e->ledger, end->uid, end->uid_len);
 
 	if (!r)
-		return; /* settled by its response event, or never ours */
-	/* %tsc: the first letter says who ended the session. C/c: the
-	 * client; s/S: the server side (timeout, refused, reset). */
-	client_gone = tsc[0] == 'C' || tsc[0] == 'c';
-	server_fault = tsc[0] == 's' || tsc[0] == 'S';
+		return; /* settled already, or never ours (denied, fallback, fail-open) */
 	e->stats.settled_by_log++;
-	if (client_gone) {
-		e->stats.client_aborts++;
-		if (r->probe) {
-			struct breaker *b = breaker_of(e, r->provider, now);
-
-			if (b)
-				breaker_probe_done(b);
-		}
-	} else {
-		feed_breaker(e, r, backend, now, status, 0, server_fault);
-	}
-	/* The provider may have worked for it: the estimate stands. */
-	e->stats.settled_estimate++;
-	audit_resv(e, r, now, "estimated", r->est_in, r->est_out, r->est_cost, status);
-	log_prompt(e, r, now, (struct spop_str){NULL, 0});
-	ledger_resv_free(e->ledger, r);
+	finish(e, r, now, end);
 }
 
 static void expire(struct engine *e, struct ledger_resv *r, double now)

@@ -77,14 +77,33 @@ struct ledger *engine_ledger(struct engine *e);
 void engine_on_message(struct engine *e, double now, const struct spop_msg *msg, struct ack *out);
 
 /*
- * A request ended (HAProxy's log line): uid, the backend that served it,
- * the status and the termination state (%tsc). When its reservation is
- * still open (no response event came), settles it at its estimate and
- * tells the provider's breaker what happened: a server-side timeout or
- * abort counts against the provider, a client that went away does not.
+ * How a request ended, from HAProxy's log line (or the llm-response
+ * event): the provider's status (-1 when no provider answered), the
+ * termination state %tsc, the usage HAProxy read from the JSON answer, and
+ * the start of the answer for prompt logging.
  */
-void engine_on_log(struct engine *e, double now, const char *uid, size_t uid_len, const char *backend,
-		   int status, const char *tsc);
+struct engine_end {
+	const char *uid;
+	size_t uid_len;
+	const char *backend;       /* "" when unknown */
+	int status;                /* what the client got */
+	int provider_status;       /* -1: no answer from a provider */
+	const char *tsc;           /* e.g. "----", "sH--", "CD--"; NULL unknown */
+	int64_t prompt_tokens;     /* -1: unknown */
+	int64_t completion_tokens; /* -1: unknown */
+	int streamed;              /* 1 yes, 0 no, -1 unknown */
+	int64_t retry_after;       /* the provider's Retry-After, seconds; 0 none */
+	struct spop_str output;    /* the start of the answer, or empty */
+};
+
+/*
+ * A request ended. When its reservation is still open, settles it (real
+ * usage when the provider's answer reported it, else the estimate) and
+ * tells the provider's breaker what happened: a provider status, or a
+ * server-side timeout/refusal/reset counts; a client that went away
+ * before any answer does not.
+ */
+void engine_on_log(struct engine *e, double now, const struct engine_end *end);
 
 struct breaker;
 /* Calls fn on every provider's breaker (for metrics). */

@@ -113,3 +113,56 @@ long logsock_field(const char *line, size_t len, const char *key, const char **v
 	}
 	return -1;
 }
+
+long long logsock_int(const char *line, size_t len, const char *key, long long def)
+{
+	const char *v;
+	long n = logsock_field(line, len, key, &v);
+	char buf[24], *end;
+	long long x;
+
+	if (n <= 0 || n >= (long)sizeof(buf) || (n == 1 && v[0] == '-'))
+		return def;
+	memcpy(buf, v, (size_t)n);
+	buf[n] = '\0';
+	x = strtoll(buf, &end, 10);
+	return *end ? def : x;
+}
+
+static int b64val(unsigned char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '+')
+		return 62;
+	if (c == '/')
+		return 63;
+	return -1;
+}
+
+long logsock_base64(const char *in, size_t len, unsigned char *out, size_t size)
+{
+	unsigned acc = 0;
+	int bits = 0;
+	size_t n = 0;
+
+	for (size_t i = 0; i < len && in[i] != '='; i++) {
+		int v = b64val((unsigned char)in[i]);
+
+		if (v < 0)
+			return -1;
+		acc = acc << 6 | (unsigned)v;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			if (n < size)
+				out[n++] = (unsigned char)(acc >> bits);
+			acc &= (1u << bits) - 1;
+		}
+	}
+	return (long)n;
+}

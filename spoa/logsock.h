@@ -34,4 +34,11 @@ void logsock_stop(struct logsock *s);
  */
 long logsock_field(const char *line, size_t len, const char *key, const char **val);
 
+/* The integer value of `key=`, or def when absent, "-" or not a number. */
+long long logsock_int(const char *line, size_t len, const char *key, long long def);
+
+/* Decodes base64 (standard alphabet, padding optional) into out; returns
+ * the decoded length, or -1 on a character outside the alphabet. */
+long logsock_base64(const char *in, size_t len, unsigned char *out, size_t size);
+
 #endif

@@ -292,17 +292,34 @@ static void admin_cb(const char *path, struct http_reply *out, void *arg)
 /* One of HAProxy's log lines: how a request ended. */
 static void log_line_cb(const char *line, size_t len, void *arg)
 {
-	const char *id, *be, *st, *tsc;
+	const char *id, *be, *tsc, *out;
 	long idl = logsock_field(line, len, "id", &id), bel = logsock_field(line, len, "be", &be);
-	long stl = logsock_field(line, len, "st", &st), tscl = logsock_field(line, len, "tsc", &tsc);
+	long tscl = logsock_field(line, len, "tsc", &tsc), outl = logsock_field(line, len, "out", &out);
+	struct engine_end end = {0};
 	char backend[64], state[8];
+	static unsigned char output[8192];
+	long n;
 
 	(void)arg;
-	if (idl <= 0 || stl <= 0 || tscl <= 0)
+	if (idl <= 0 || tscl <= 0)
 		return;
 	snprintf(backend, sizeof(backend), "%.*s", bel > 0 ? (int)bel : 0, bel > 0 ? be : "");
 	snprintf(state, sizeof(state), "%.*s", (int)tscl, tsc);
-	engine_on_log(g.env.engine, ev_now(g.env.loop), id, (size_t)idl, backend, atoi(st), state);
+	end.uid = id;
+	end.uid_len = (size_t)idl;
+	end.backend = backend;
+	end.tsc = state;
+	end.status = (int)logsock_int(line, len, "st", -1);
+	end.provider_status = (int)logsock_int(line, len, "pst", -1);
+	end.prompt_tokens = logsock_int(line, len, "pt", -1);
+	end.completion_tokens = logsock_int(line, len, "ct", -1);
+	end.streamed = (int)logsock_int(line, len, "sm", -1);
+	end.retry_after = logsock_int(line, len, "ra", 0);
+	if (outl > 1 && (n = logsock_base64(out, (size_t)outl, output, sizeof(output))) > 0) {
+		end.output.ptr = output;
+		end.output.len = (size_t)n;
+	}
+	engine_on_log(g.env.engine, ev_now(g.env.loop), &end);
 }
 
 static void on_conn_free(void *arg)

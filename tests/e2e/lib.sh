@@ -315,6 +315,7 @@ tg_start_agent() {
 	# and agents of tests running side by side would fight over it.
 	"$tg__bin" --listen 127.0.0.1:0 --port-file "$tg__pf" \
 		--admin-listen 127.0.0.1:0 --admin-port-file "$TG_TMP/admin.port" \
+		--log-socket "$TG_AGENT_LOG" \
 		--pid-file "$TG_TMP/agent.pid" --db "$TG_TMP/agent/tokengate.db" \
 		"$@" >>"$TG_TMP/agent.log" 2>&1 &
 	TG_AGENT_PID=$!
@@ -868,9 +869,9 @@ time.sleep(float(sys.argv[2]))' "${2:-$TG_DB}" "$1" "$TG_TMP/lock.ready" >>"$TG_
 # datagram socket (/tmp/tokengate-log.sock by default, one path for the whole
 # machine). Every test that sources this file gets its own path in TG_TMP
 # instead, exported for tg_start_haproxy's HAProxy; set TG_AGENT_LOG yourself
-# to choose (empty: not sent). Nothing listens there unless the test starts
-# the agent with --log-socket "$TG_AGENT_LOG" or calls tg_log_listen: HAProxy
-# then drops the lines (and says so once in haproxy.log).
+# to choose (empty: not sent). tg_start_agent makes the agent listen there
+# (it settles reservations from these lines); a test may call tg_log_listen
+# instead to read the lines itself.
 if [ -z "${TG_AGENT_LOG+set}" ]; then
 	TG_AGENT_LOG=$TG_TMP/agent-log.sock
 fi

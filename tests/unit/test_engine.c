@@ -696,6 +696,15 @@ static void test_haproxy_view_and_unhealthy_fallbacks(void **state)
 	engine_free(e);
 }
 
+static void end_line(struct engine *e, double now, const char *uid, int st, int pst, const char *tsc)
+{
+	struct engine_end end = {.uid = uid, .uid_len = strlen(uid), .backend = "provider_primary", .status = st,
+				 .provider_status = pst, .tsc = tsc, .prompt_tokens = -1, .completion_tokens = -1,
+				 .streamed = -1};
+
+	engine_on_log(e, now, &end);
+}
+
 static void test_log_lines_tell_timeouts_from_clients_gone(void **state)
 {
 	struct engine *e = engine_new(&cfg, routed_policy("computed"), NOON_UTC);
@@ -707,7 +716,7 @@ static void test_log_lines_tell_timeouts_from_clients_gone(void **state)
 	for (int i = 0; i < 5; i++) {
 		snprintf(uid, sizeof(uid), "c%d", i);
 		routed_request(e, NOON_UTC, uid, -1, &r);
-		engine_on_log(e, NOON_UTC + 1, uid, strlen(uid), "provider_primary", 200, "CD--");
+		end_line(e, NOON_UTC + 1, uid, 200, -1, "CD--");
 	}
 	assert_int_equal(engine_stats(e)->client_aborts, 5);
 	routed_request(e, NOON_UTC + 2, "ok", -1, &r);
@@ -716,7 +725,7 @@ static void test_log_lines_tell_timeouts_from_clients_gone(void **state)
 	for (int i = 0; i < 3; i++) {
 		snprintf(uid, sizeof(uid), "t%d", i);
 		routed_request(e, NOON_UTC + 3, uid, -1, &r);
-		engine_on_log(e, NOON_UTC + 4, uid, strlen(uid), "provider_primary", 504, "sH--");
+		end_line(e, NOON_UTC + 4, uid, 504, -1, "sH--");
 	}
 	routed_request(e, NOON_UTC + 5, "after", -1, &r);
 	assert_string_equal(r.backend, "provider_secondary");
@@ -724,8 +733,21 @@ static void test_log_lines_tell_timeouts_from_clients_gone(void **state)
 	assert_int_equal(engine_stats(e)->settled_by_log, 8);
 	/* A line for a request already settled by its response changes nothing. */
 	routed_response(e, NOON_UTC + 6, "ok", "provider_primary", 200, 0);
-	engine_on_log(e, NOON_UTC + 6, "ok", 2, "provider_primary", 504, "sH--");
+	end_line(e, NOON_UTC + 6, "ok", 504, -1, "sH--");
 	assert_int_equal(engine_stats(e)->settled_by_log, 8);
+	/* The log line alone settles a normal answer with its real usage. */
+	{
+		struct engine_end end = {.uid = "u9", .uid_len = 2, .backend = "provider_secondary", .status = 200,
+					 .provider_status = 200, .tsc = "----", .prompt_tokens = 7,
+					 .completion_tokens = 3, .streamed = 0};
+		int64_t before;
+
+		routed_request(e, NOON_UTC + 7, "u9", -1, &r);
+		before = usage_of(e, "olga")->tokens_in;
+		engine_on_log(e, NOON_UTC + 8, &end);
+		assert_int_equal(usage_of(e, "olga")->tokens_in, before - 25 + 7); /* estimate 100/4 replaced */
+		assert_int_equal(engine_stats(e)->settled, 2);
+	}
 	engine_free(e);
 }
 
