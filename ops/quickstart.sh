@@ -45,7 +45,8 @@ build/tokengate --listen 127.0.0.1:12345 --db tokengate.db &
 pids="$pids $!"
 wait_port 127.0.0.1 18081 "mock provider"
 wait_port 127.0.0.1 12345 tokengate
-TG_RUN_DIR=$RUN haproxy -f haproxy-conf/haproxy.cfg -db &
+# The demo plays the authentication layer in front: curl sets X-User.
+TG_TRUST_X_USER=yes TG_RUN_DIR=$RUN haproxy -f haproxy-conf/haproxy.cfg -db &
 pids="$pids $!"
 wait_port 127.0.0.1 8080 haproxy
 

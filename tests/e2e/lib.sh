@@ -406,8 +406,10 @@ tg_start_haproxy() {
 		TG_SPOE_PROCESSING_TIMEOUT=${TG_SPOE_PROCESSING_TIMEOUT:-60s}
 		export TG_SPOE_PROCESSING_TIMEOUT
 	fi
+	# The tests play the authentication layer: they set X-User themselves.
+	TG_TRUST_X_USER=${TG_TRUST_X_USER:-yes}
 	export TG_FRONTEND_ADDR TG_AGENT_ADDR TG_PRIMARY_ADDR TG_SECONDARY_ADDR \
-		TG_RUN_DIR TG_LOG_TARGET TG_LOG_FORMAT
+		TG_RUN_DIR TG_LOG_TARGET TG_LOG_FORMAT TG_TRUST_X_USER
 	"$TG_HAPROXY_BIN" -f "$TG_ROOT/haproxy-conf/haproxy.cfg" -db \
 		>"$TG_TMP/haproxy.log" 2>&1 &
 	TG_HAPROXY_PID=$!

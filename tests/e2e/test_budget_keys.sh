@@ -179,5 +179,13 @@ else
 	tg_fail "control: the agent's log is not empty"
 fi
 
+# ---- The shipped default: X-User from clients is not trusted --------------------
+tg_sql "UPDATE settings SET value = 'deny' WHERE name = 'unknown_key_action'"
+{ [ -n "${TG_AGENT_PID:-}" ] && tg_alive "$TG_AGENT_PID"; } || tg_start_agent || tg_bail "agent did not restart"
+TG_TRUST_X_USER=no tg_restart_haproxy || tg_bail "haproxy did not restart"
+sleep 0.5
+tg_chat -H 'x-user: somebody-else'
+tg_assert_eq 401 "$TG_STATUS" "TG_TRUST_X_USER=no (the default): a client's own X-User is removed, no key means 401"
+
 echo "# took $((($(tg_now_ms) - T_START) / 1000)) s"
 tg_done
