@@ -13,6 +13,9 @@ done
 # libFuzzer's runtime comes with clang's compiler-rt on Debian 12.
 dpkg-query -W -f='${Status}' libclang-rt-14-dev 2>/dev/null | grep -q "install ok installed" ||
 	missing="$missing libclang-rt-14-dev"
+# Node.js for the OpenAI SDK test: Debian's (18) when none is installed; a
+# newer one already there (e.g. 20) is kept.
+command -v node >/dev/null 2>&1 || missing="$missing nodejs npm"
 [ -z "$missing" ] && exit 0
 
 SUDO=""

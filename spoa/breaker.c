@@ -164,12 +164,14 @@ void breaker_probe_done(struct breaker *b)
 	}
 }
 
-void breaker_servers(struct breaker *b, int servers_up)
+void breaker_servers(struct breaker *b, const struct policy_provider *p, int servers_up, double now)
 {
 	if (b->servers_up != servers_up) {
 		b->servers_up = servers_up;
 		b->dirty = true;
 	}
+	if (servers_up == 0 && b->state != BREAKER_OPEN)
+		open_for(b, now, p->open_s, "haproxy_down");
 }
 
 void breaker_latency(struct breaker *b, double seconds)

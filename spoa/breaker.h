@@ -68,8 +68,9 @@ void breaker_rate_limited(struct breaker *b, const struct policy_provider *p, do
  * refused later): frees its slot. */
 void breaker_probe_done(struct breaker *b);
 
-/* HAProxy's count of usable servers for the backend, from the request. */
-void breaker_servers(struct breaker *b, int servers_up);
+/* HAProxy's count of usable servers for the backend, from the request.
+ * None (its health checks failed) opens the breaker for open_s. */
+void breaker_servers(struct breaker *b, const struct policy_provider *p, int servers_up, double now);
 
 /* Requests and failures in the last p->window_s seconds. */
 void breaker_window(const struct breaker *b, const struct policy_provider *p, double now, uint32_t *req,

@@ -404,6 +404,9 @@ static bool process_input(struct conn *c)
 		}
 		handle_frame(c, c->rbuf + off + 4, len);
 		off += 4 + (size_t)len;
+		/* Only whole frames count as activity: a peer dribbling one byte
+		 * at a time cannot hold its slot past the idle timeout. */
+		c->last_activity = ev_now(c->env->loop);
 		/* Backpressure: stop taking NOTIFYs while the peer does not
 		 * read its ACKs. */
 		if (c->wlen - c->woff > (size_t)c->env->cfg->write_buffer_max && c->state == CONN_READY) {
@@ -501,7 +504,6 @@ static void conn_flush(struct conn *c)
 static void conn_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct conn *c = container_of(w, struct conn, rio);
-	bool got = false;
 	long room;
 
 	(void)revents;
@@ -529,7 +531,6 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 		while (n == -1 && errno == EINTR);
 		if (n > 0) {
 			c->rlen += (size_t)n;
-			got = true;
 		} else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
 			if (n == -1 && !is_normal_close(errno))
 				LOG_WARN("conn %llu: read: %s", (unsigned long long)c->id, strerror(errno));
@@ -539,8 +540,6 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 			return;
 		}
 	}
-	if (got)
-		c->last_activity = ev_now(loop);
 	if (!(c->flags & CONN_F_DEAD) && process_input(c) && !(c->flags & CONN_F_DEAD))
 		ev_feed_event(loop, &c->rio, EV_READ); /* yield, then continue */
 	if (!(c->flags & CONN_F_DEAD))

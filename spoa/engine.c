@@ -36,6 +36,7 @@ struct engine {
 	struct strmap breakers; /* provider name -> struct breaker, kept across policies */
 	double health_at;       /* last time every breaker was snapshotted */
 	double health_now;      /* the time of the snapshot being taken */
+	int64_t unhealthy_retry; /* Retry-After of the provider_unhealthy being refused */
 	struct engine_stats stats;
 };
 
@@ -430,8 +431,10 @@ static void put_fallback_text(struct engine *e, const struct request *rq, struct
 
 	if (rq->route)
 		n = fallback_compose(rq->route, rq->body_head.ptr, rq->body_head.len, text, sizeof(text));
-	if (n == 0 && (!rq->route || rq->route->fallback == POLICY_FALLBACK_STATIC ||
-		       rq->route->fallback == POLICY_FALLBACK_COMPUTED))
+	/* A route without a fallback of its own still gets the settings'
+	 * text when a fallback was decided (over-budget tier, global
+	 * ceiling): an answer without text would read as "no decision". */
+	if (n == 0)
 		n = (size_t)snprintf(text, sizeof(text), "%s", e->policy->fallback_text);
 	if (n > 0)
 		ack_set_str(out, "fallback_text", text, n);
@@ -450,7 +453,9 @@ static void refuse(struct engine *e, double now, const struct request *rq, const
 	ack_set_cstr(out, "reason", engine_reason_str(why));
 	if (action == ENGINE_DENY) {
 		/* Only a budget comes back by itself, at the day boundary. */
-		if (why != ENGINE_UNKNOWN_KEY && why != ENGINE_BAD_REQUEST && why != ENGINE_PROVIDER_UNHEALTHY)
+		if (why == ENGINE_PROVIDER_UNHEALTHY)
+			ack_set_int(out, "retry_after", e->unhealthy_retry);
+		else if (why != ENGINE_UNKNOWN_KEY && why != ENGINE_BAD_REQUEST)
 			ack_set_int(out, "retry_after", reset_s);
 	} else if (rq->route && rq->route->fallback == POLICY_FALLBACK_BACKEND) {
 		ack_set_cstr(out, "backend", rq->route->fallback_backend);
@@ -525,7 +530,11 @@ static void log_prompt(struct engine *e, struct ledger_resv *r, double now, stru
 	pr->prompt = r->prompt;
 	r->prompt = NULL;
 	pr->prompt_bytes = pr->prompt ? (int64_t)r->prompt_bytes : -1;
-	pr->output = logged_text((enum policy_logging)r->log_mode, output);
+	/* HAProxy hashed the answer already for "hash" routes. */
+	if (r->log_mode == POLICY_LOG_HASH && output.len == 64)
+		pr->output = logged_text(POLICY_LOG_FULL, output);
+	else
+		pr->output = logged_text((enum policy_logging)r->log_mode, output);
 	pr->output_bytes = pr->output ? (int64_t)output.len : -1;
 	batch_copy(pr->uid, sizeof(pr->uid), r->uid, r->uid_len);
 	batch_copy(pr->user, sizeof(pr->user), r->u->user, r->u->len);
@@ -644,7 +653,7 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 				continue;
 			up = nbsrv_of(msg, pr->name);
 			if (up >= 0)
-				breaker_servers(b, up);
+				breaker_servers(b, pr, up, now);
 			if (up == 0)
 				continue;
 			if (breaker_allow(b, pr, now, &probe))
@@ -652,7 +661,16 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 		}
 		if (!chosen) {
 			enum engine_action a = rt->fallback == POLICY_FALLBACK_NONE ? ENGINE_DENY : ENGINE_FALLBACK;
+			double soonest = 0;
 
+			/* When to come back: the first breaker to turn half-open. */
+			for (int i = 0; i < rt->nchain; i++) {
+				struct breaker *b = breaker_of(e, rt->chain[i]->name, now);
+
+				if (b && b->state == BREAKER_OPEN && (soonest == 0 || b->open_until < soonest))
+					soonest = b->open_until;
+			}
+			e->unhealthy_retry = soonest > now ? (int64_t)ceil(soonest - now) : 1;
 			refuse(e, now, &rq, user, u, a, ENGINE_PROVIDER_UNHEALTHY, NULL, est_in + est_out, out);
 			return;
 		}
@@ -670,8 +688,11 @@ static void decide(struct engine *e, double now, const struct spop_msg *msg, str
 	if (rq.route) {
 		ack_set_cstr(out, "route", rq.route->name);
 		ack_set_int(out, "timeout_ms", rq.route->timeout_ms);
-		if (rq.route->logging != POLICY_LOG_OFF)
-			ack_set_int(out, "log_output", 1);
+		/* What HAProxy puts of the answer in the log line: the text for
+		 * "full", its SHA-256 for "hash"; nothing for "redacted"
+		 * (HAProxy cannot redact, and its own log keeps the line). */
+		if (rq.route->logging == POLICY_LOG_FULL || rq.route->logging == POLICY_LOG_HASH)
+			ack_set_cstr(out, "log_output", policy_logging_str(rq.route->logging));
 		/* Last and largest: what HAProxy renders if the provider fails. */
 		if (rq.route->fallback == POLICY_FALLBACK_STATIC || rq.route->fallback == POLICY_FALLBACK_COMPUTED)
 			put_fallback_text(e, &rq, out);

@@ -292,9 +292,10 @@ static void admin_cb(const char *path, struct http_reply *out, void *arg)
 /* One of HAProxy's log lines: how a request ended. */
 static void log_line_cb(const char *line, size_t len, void *arg)
 {
-	const char *id, *be, *tsc, *out;
+	const char *id, *be, *tsc, *out, *outh;
 	long idl = logsock_field(line, len, "id", &id), bel = logsock_field(line, len, "be", &be);
 	long tscl = logsock_field(line, len, "tsc", &tsc), outl = logsock_field(line, len, "out", &out);
+	long outhl = logsock_field(line, len, "outh", &outh);
 	struct engine_end end = {0};
 	char backend[64], state[8];
 	static unsigned char output[8192];
@@ -318,6 +319,10 @@ static void log_line_cb(const char *line, size_t len, void *arg)
 	if (outl > 1 && (n = logsock_base64(out, (size_t)outl, output, sizeof(output))) > 0) {
 		end.output.ptr = output;
 		end.output.len = (size_t)n;
+	} else if (outhl == 64) {
+		/* Hashed by HAProxy already ("hash" routes). */
+		end.output.ptr = (const uint8_t *)outh;
+		end.output.len = 64;
 	}
 	engine_on_log(g.env.engine, ev_now(g.env.loop), &end);
 }
@@ -381,7 +386,8 @@ static void reload_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	g.cfg = nc;
 	log_threshold = (enum log_level)log_level_parse(g.cfg.log_level);
 	log_use_syslog(g.cfg.log_syslog);
-	LOG_INFO("configuration reloaded (listen, db, secret_file, admin_* and db_poll_ms need a restart)");
+	LOG_INFO("configuration reloaded (listen, db, secret_file, user, log_socket*, admin_*, unix_socket_mode, "
+		 "port_file, pid_file, purge_interval_s and db_poll_ms need a restart)");
 }
 
 int main(int argc, char **argv)

@@ -30,8 +30,8 @@ tg_assert_eq redacted "$(tg_sql "SELECT mode FROM prompt_log WHERE user_id = 'pr
 p=$(tg_sql "SELECT prompt FROM prompt_log WHERE user_id = 'priya'")
 tg_assert_match '*[REDACTED:key]*[REDACTED:email]*[REDACTED:card]*' "$p" "key, e-mail and card number masked in the prompt"
 tg_assert_match '*Summarise*' "$p" "the rest of the prompt is kept"
-o=$(tg_sql "SELECT output FROM prompt_log WHERE user_id = 'priya'")
-tg_assert_match '*chat.completion*' "$o" "the provider's output is logged too"
+o=$(tg_sql "SELECT count(*) FROM prompt_log WHERE user_id = 'priya' AND output IS NULL")
+tg_assert_eq 1 "$o" "no output for a redacted route (HAProxy cannot redact it before logging)"
 tg_sql "PRAGMA wal_checkpoint(FULL)" >/dev/null
 leak=0
 for f in "$TG_DB" "$TG_DB-wal" "$TG_TMP/agent.log"; do
@@ -52,6 +52,20 @@ tg_poll 3 hrow || true
 h=$(tg_sql "SELECT prompt FROM prompt_log WHERE user_id = 'quinn'")
 want=$(printf '%s' "$(cat "$TG_TMP/secret.json")" | sha256sum | cut -d' ' -f1)
 tg_assert_eq "$want" "$h" "hash route: the prompt is its SHA-256"
+oh=$(tg_sql "SELECT output FROM prompt_log WHERE user_id = 'quinn'")
+tg_assert_match '[0-9a-f][0-9a-f][0-9a-f][0-9a-f]*' "$oh" "hash route: the output is a hex digest"
+tg_assert_eq 64 "${#oh}" "of 64 characters (SHA-256)"
+
+# ---- full logging: the output as it came ---------------------------------------
+tg_sql "UPDATE routes SET prompt_logging = 'full' WHERE name = 'chat'"
+sleep 0.5
+tg_chat -H 'x-user: vera'
+frow() { [ -n "$(tg_sql "SELECT output FROM prompt_log WHERE user_id = 'vera'")" ]; }
+tg_poll 3 frow || true
+tg_assert_match '*chat.completion*' "$(tg_sql "SELECT output FROM prompt_log WHERE user_id = 'vera'")" \
+	"full route: the provider's output is logged"
+tg_assert_match '*Say hello*' "$(tg_sql "SELECT prompt FROM prompt_log WHERE user_id = 'vera'")" \
+	"full route: and the prompt as sent"
 
 # ---- off: nothing ---------------------------------------------------------------
 tg_sql "UPDATE routes SET prompt_logging = 'off' WHERE name = 'chat'"

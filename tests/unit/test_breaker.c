@@ -517,26 +517,35 @@ static void test_dirty_flag(void **state)
 	assert_true(b.dirty);
 
 	b.dirty = false;
-	breaker_servers(&b, 2);
+	breaker_servers(&b, p, 2, T0);
 	assert_true(b.dirty);
 	assert_int_equal(b.servers_up, 2);
 	b.dirty = false;
-	breaker_servers(&b, 2);
+	breaker_servers(&b, p, 2, T0);
 	assert_false(b.dirty);
-	breaker_servers(&b, 0);
+	/* HAProxy sees no server: the breaker opens, saying why. */
+	breaker_servers(&b, p, 0, T0);
 	assert_true(b.dirty);
+	assert_int_equal(b.state, BREAKER_OPEN);
+	assert_string_equal(b.reason, "haproxy_down");
+	assert_true(b.open_until == T0 + 10);
+	/* Back to closed through half-open, then a failure opens it again. */
+	breaker_servers(&b, p, 1, T0);
+	expect_probe(&b, p, T0 + 10);
+	breaker_result(&b, p, T0 + 10, false, true);
+	assert_int_equal(b.state, BREAKER_CLOSED);
 
 	b.dirty = false;
-	breaker_result(&b, p, T0, true, false);
+	breaker_result(&b, p, T0 + 10, true, false);
 	assert_int_equal(b.state, BREAKER_OPEN);
 	assert_true(b.dirty);
 
 	/* A refusal while open changes nothing. */
 	b.dirty = false;
-	expect_refused(&b, p, T0 + 1);
+	expect_refused(&b, p, T0 + 11);
 	assert_false(b.dirty);
 	/* Going half-open does. */
-	expect_probe(&b, p, T0 + 10);
+	expect_probe(&b, p, T0 + 20);
 	assert_true(b.dirty);
 	b.dirty = false;
 	expect_refused(&b, p, T0 + 10);

@@ -655,8 +655,10 @@ static void test_haproxy_view_and_unhealthy_fallbacks(void **state)
 	struct msgb b;
 
 	(void)state;
-	/* HAProxy sees no server in the primary: skipped, no breaker change. */
+	/* HAProxy sees no server in the primary: skipped, its breaker opens. */
 	routed_request(e, NOON_UTC, "a", 0, &r);
+	assert_string_equal(r.backend, "provider_secondary");
+	routed_request(e, NOON_UTC + 1, "a2", -1, &r);
 	assert_string_equal(r.backend, "provider_secondary");
 	engine_free(e);
 
@@ -692,7 +694,8 @@ static void test_haproxy_view_and_unhealthy_fallbacks(void **state)
 	send_msg(e, NOON_UTC, &b, &r);
 	assert_string_equal(r.action, "deny");
 	assert_string_equal(r.reason, "provider_unhealthy");
-	assert_int_equal(r.retry_after, -1);
+	/* HAProxy's view opened both breakers for open_s (10 s): come back then. */
+	assert_int_equal(r.retry_after, 10);
 	engine_free(e);
 }
 
