@@ -13,6 +13,20 @@ done
 # libFuzzer's runtime comes with clang's compiler-rt on Debian 12.
 dpkg-query -W -f='${Status}' libclang-rt-14-dev 2>/dev/null | grep -q "install ok installed" ||
 	missing="$missing libclang-rt-14-dev"
+# HAProxy sends one log line per request to the agent over a unix datagram
+# socket; the kernel's default queue of 10 datagrams (machines without
+# systemd, containers) drops lines under load. systemd raises it to 512.
+q=$(cat /proc/sys/net/unix/max_dgram_qlen 2>/dev/null || echo 512)
+if [ "$q" -lt 512 ]; then
+	SUDO_Q=""
+	[ "$(id -u)" -eq 0 ] || SUDO_Q=sudo
+	if $SUDO_Q sh -c 'echo 512 > /proc/sys/net/unix/max_dgram_qlen' 2>/dev/null; then
+		echo "net.unix.max_dgram_qlen raised from $q to 512 (as systemd sets it)"
+	else
+		echo "warning: net.unix.max_dgram_qlen is $q; raise it to 512 or HAProxy's log lines to the agent may be dropped" >&2
+	fi
+fi
+
 # Node.js for the OpenAI SDK test: Debian's (18) when none is installed; a
 # newer one already there (e.g. 20) is kept.
 command -v node >/dev/null 2>&1 || missing="$missing nodejs npm"

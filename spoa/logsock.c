@@ -46,6 +46,24 @@ static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
 	}
 }
 
+/* A datagram socket's queue is bounded by a kernel setting whose default
+ * (10, without systemd) drops lines as soon as the loop is busy for a
+ * moment: say so at start, where an operator looks. */
+static void warn_queue_length(const char *path)
+{
+	FILE *f = fopen("/proc/sys/net/unix/max_dgram_qlen", "r");
+	int q = 0;
+
+	if (!f)
+		return;
+	if (fscanf(f, "%d", &q) == 1 && q < 128)
+		LOG_WARN("log socket %s: net.unix.max_dgram_qlen is %d: HAProxy will drop log lines under load "
+			 "(their requests then settle at their estimate after reservation_ttl_s); set it to 512 "
+			 "(sysctl -w net.unix.max_dgram_qlen=512), as systemd does",
+			 path, q);
+	fclose(f);
+}
+
 struct logsock *logsock_start(struct ev_loop *loop, const char *path, long mode, logsock_line_fn fn, void *arg,
 			      char *err, size_t errsz)
 {
@@ -77,6 +95,7 @@ struct logsock *logsock_start(struct ev_loop *loop, const char *path, long mode,
 		goto fail;
 	ev_io_init(&s->io, read_cb, s->fd, EV_READ);
 	ev_io_start(loop, &s->io);
+	warn_queue_length(path);
 	return s;
 fail:
 	snprintf(err, errsz, "log_socket %s: %s", path, strerror(errno));
