@@ -2,6 +2,7 @@
 #include "redact.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <string.h>
 #include <strings.h>
 
@@ -35,16 +36,40 @@ static size_t put(char *out, size_t n, size_t size, const char *s, size_t len)
 	return n + len;
 }
 
-/* Length of a key at p ("sk-" and 16+ token characters), or 0. */
-static size_t key_at(const char *p, const char *end)
-{
-	const char *q;
+/* Prefixes of well-known secret formats: OpenAI (sk-, sk_live_...),
+ * Stripe (sk_, rk_), AWS access keys, GitHub, GitLab, Slack, Google API keys.
+ * What follows must be 12+ token characters. */
+static const char *const key_prefixes[] = {
+	"sk-", "sk_", "rk_", "pk_live_", "AKIA", "ASIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
+	"github_pat_", "glpat-", "xoxb-", "xoxp-", "xoxa-", "xoxs-", "AIza",
+};
 
-	if (end - p < 19 || memcmp(p, "sk-", 3) != 0)
-		return 0;
-	for (q = p + 3; q < end && is_token((unsigned char)*q); q++)
-		;
-	return q - p >= 19 ? (size_t)(q - p) : 0;
+/* True when p starts a word: not glued to a letter or digit before it,
+ * except the letter of a JSON escape (\n, \t) which ends a word. */
+static bool word_start(const char *begin, const char *p)
+{
+	if (p == begin || !is_alnum((unsigned char)p[-1]))
+		return true;
+	return p - begin >= 2 && p[-2] == '\\';
+}
+
+/* Length of a key at p, or 0. */
+static size_t key_at(const char *begin, const char *p, const char *end)
+{
+	for (size_t i = 0; i < sizeof(key_prefixes) / sizeof(key_prefixes[0]); i++) {
+		size_t plen = strlen(key_prefixes[i]);
+		const char *q;
+
+		if ((size_t)(end - p) < plen + 12 || memcmp(p, key_prefixes[i], plen) != 0 || !word_start(begin, p))
+			continue;
+		for (q = p + plen; q < end && is_token((unsigned char)*q); q++)
+			;
+		while (q > p + plen && q[-1] == '.')
+			q--; /* the end of a sentence, not of the key */
+		if (q - p >= (ptrdiff_t)(plen + 12))
+			return (size_t)(q - p);
+	}
+	return 0;
 }
 
 /* Length of "Bearer <token>" at p, or 0; *skip is the prefix kept. */
@@ -68,8 +93,12 @@ static bool email_around(const char *begin, const char *at, const char *end, con
 {
 	const char *s = at, *e = at + 1, *dot = NULL;
 
-	while (s > begin && is_email_local((unsigned char)s[-1]))
+	while (s > begin && is_email_local((unsigned char)s[-1])) {
+		/* "\njane@..." : the n belongs to the escape, not the address. */
+		if (s - begin >= 2 && s[-2] == '\\')
+			break;
 		s--;
+	}
 	while (e < end && is_domain((unsigned char)*e)) {
 		if (*e == '.')
 			dot = e;
@@ -91,7 +120,7 @@ static size_t card_at(const char *begin, const char *p, const char *end)
 	const char *q = p, *last = p;
 	int digits = 0;
 
-	if (p > begin && ((p[-1] >= '0' && p[-1] <= '9') || is_alnum((unsigned char)p[-1])))
+	if (!word_start(begin, p))
 		return 0;
 	while (q < end) {
 		if (*q >= '0' && *q <= '9') {
@@ -123,7 +152,7 @@ size_t redact(const char *in, size_t len, char *out, size_t size)
 		const char *tag = NULL;
 		size_t mlen = 0;
 
-		if ((k = key_at(p, end)) > 0) {
+		if ((k = key_at(in, p, end)) > 0) {
 			tag = "[REDACTED:key]";
 			mlen = k;
 		} else if ((k = bearer_at(p, end, &skip)) > 0) {

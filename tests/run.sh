@@ -71,6 +71,7 @@ unit() {
 	run "unit/engine$tag" "$bdir/test_engine"
 	run "unit/breaker$tag" "$bdir/test_breaker"
 	run "unit/fallback$tag" "$bdir/test_fallback"
+	run "unit/redact$tag" "$bdir/test_redact"
 	run "unit/wire-selftest$tag" "$bdir/wire_selftest"
 	run "unit/fuzz-corpus-replay$tag" "$bdir/fuzz_replay" tests/fuzz/corpus
 	run "unit/fuzz-body-corpus-replay$tag" "$bdir/fuzz_body_replay" tests/fuzz/corpus-body
