@@ -548,19 +548,9 @@ static bool row_refused(struct store *s, bool lenient)
 	return true;
 }
 
-/* One transaction for the whole batch: 0, or SQLite's error code with
- * everything rolled back. */
-static int write_batch(struct store *s, const struct batch *b, bool lenient)
+/* daily_usage: the current value of every user-day that changed. */
+static int write_usage(struct store *s, const struct batch *b, const char *now, bool lenient)
 {
-	char now[32], when[32];
-	int code;
-
-	now_iso(now, sizeof(now));
-	if (step_reset(s->st[ST_BEGIN]) == -1) {
-		code = sqlite3_errcode(s->db);
-		set_error(s, "write");
-		return code != SQLITE_OK ? code : SQLITE_BUSY;
-	}
 	for (size_t i = 0; i < b->nusage; i++) {
 		const struct batch_usage *u = &b->usage[i];
 		sqlite3_stmt *st = s->st[ST_USAGE];
@@ -575,8 +565,16 @@ static int write_batch(struct store *s, const struct batch *b, bool lenient)
 		sqlite3_bind_int64(st, 8, u->fallbacks);
 		sqlite3_bind_text(st, 9, now, -1, SQLITE_STATIC);
 		if (step_reset(st) == -1 && !row_refused(s, lenient))
-			goto fail;
+			return -1;
 	}
+	return 0;
+}
+
+/* audit_log: one row per decided request. */
+static int write_audit(struct store *s, const struct batch *b, const char *now, bool lenient)
+{
+	char when[32];
+
 	for (size_t i = 0; i < b->naudit; i++) {
 		const struct batch_audit *a = &b->audit[i];
 		sqlite3_stmt *st = s->st[ST_AUDIT];
@@ -598,8 +596,14 @@ static int write_batch(struct store *s, const struct batch *b, bool lenient)
 		bind_int_or_null(st, 14, a->latency_ms);
 		sqlite3_bind_text(st, 15, a->outcome, -1, SQLITE_STATIC);
 		if (step_reset(st) == -1 && !row_refused(s, lenient))
-			goto fail;
+			return -1;
 	}
+	return 0;
+}
+
+/* provider_health: the breakers as they are now. */
+static int write_health(struct store *s, const struct batch *b, const char *now, bool lenient)
+{
 	for (size_t i = 0; i < b->nhealth; i++) {
 		const struct batch_health *h = &b->health[i];
 		sqlite3_stmt *st = s->st[ST_HEALTH];
@@ -624,8 +628,16 @@ static int write_batch(struct store *s, const struct batch *b, bool lenient)
 		sqlite3_bind_int64(st, 13, h->failures_total);
 		sqlite3_bind_text(st, 14, now, -1, SQLITE_STATIC);
 		if (step_reset(st) == -1 && !row_refused(s, lenient))
-			goto fail;
+			return -1;
 	}
+	return 0;
+}
+
+/* prompt_log: what routes that log keep of prompts and outputs. */
+static int write_prompts(struct store *s, const struct batch *b, const char *now, bool lenient)
+{
+	char when[32];
+
 	for (size_t i = 0; i < b->nprompts; i++) {
 		const struct batch_prompt *pr = &b->prompts[i];
 		sqlite3_stmt *st = s->st[ST_PROMPT];
@@ -643,8 +655,14 @@ static int write_batch(struct store *s, const struct batch *b, bool lenient)
 		bind_int_or_null(st, 8, pr->prompt_bytes);
 		bind_int_or_null(st, 9, pr->output_bytes);
 		if (step_reset(st) == -1 && !row_refused(s, lenient))
-			goto fail;
+			return -1;
 	}
+	return 0;
+}
+
+/* agent_state: the current day and the time of this flush. */
+static int write_state(struct store *s, const struct batch *b, const char *now, bool lenient)
+{
 	if (b->current_day[0]) {
 		sqlite3_stmt *st = s->st[ST_STATE];
 
@@ -652,14 +670,32 @@ static int write_batch(struct store *s, const struct batch *b, bool lenient)
 		sqlite3_bind_text(st, 2, b->current_day, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
 		if (step_reset(st) == -1 && !row_refused(s, lenient))
-			goto fail;
+			return -1;
 		sqlite3_bind_text(st, 1, "last_flush_at", -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, now, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
 		if (step_reset(st) == -1 && !row_refused(s, lenient))
-			goto fail;
+			return -1;
 	}
-	if (step_reset(s->st[ST_COMMIT]) == -1)
+	return 0;
+}
+
+/* One transaction for the whole batch: 0, or SQLite's error code with
+ * everything rolled back. */
+static int write_batch(struct store *s, const struct batch *b, bool lenient)
+{
+	char now[32];
+	int code;
+
+	now_iso(now, sizeof(now));
+	if (step_reset(s->st[ST_BEGIN]) == -1) {
+		code = sqlite3_errcode(s->db);
+		set_error(s, "write");
+		return code != SQLITE_OK ? code : SQLITE_BUSY;
+	}
+	if (write_usage(s, b, now, lenient) == -1 || write_audit(s, b, now, lenient) == -1 ||
+	    write_health(s, b, now, lenient) == -1 || write_prompts(s, b, now, lenient) == -1 ||
+	    write_state(s, b, now, lenient) == -1 || step_reset(s->st[ST_COMMIT]) == -1)
 		goto fail;
 	return 0;
 fail:
