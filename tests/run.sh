@@ -6,7 +6,7 @@
 #                             again with these ASan+UBSan binaries
 #   TG_FUZZ_SECONDS=60        optional: libFuzzer runs of the frame decoder and
 #                             the body scanner, that long each (needs
-#                             $TG_ASAN_BUILD/fuzz_frame and fuzz_body), 0 = skip
+#                             $TG_ASAN_BUILD/fuzz_frame, fuzz_body, fuzz_logline), 0 = skip
 #   TG_ONLY=pattern           run only suites whose name contains pattern
 #
 # Each suite prints its own checks; its output goes to $TG_LOG_DIR and is
@@ -75,6 +75,7 @@ unit() {
 	run "unit/wire-selftest$tag" "$bdir/wire_selftest"
 	run "unit/fuzz-corpus-replay$tag" "$bdir/fuzz_replay" tests/fuzz/corpus
 	run "unit/fuzz-body-corpus-replay$tag" "$bdir/fuzz_body_replay" tests/fuzz/corpus-body
+	run "unit/fuzz-logline-corpus-replay$tag" "$bdir/fuzz_logline_replay" tests/fuzz/corpus-logline
 }
 
 e2e() {
@@ -110,6 +111,13 @@ if [ "$FUZZ" -gt 0 ] && [ -n "$A" ]; then
 			echo "1 passed, 0 failed"
 	}
 	run "fuzz/body-scanner (${FUZZ}s)" fuzzbody
+	fuzzlog() {
+		mkdir -p "$A/fuzz-corpus-logline" &&
+			"$A/fuzz_logline" -max_total_time="$FUZZ" -max_len=8192 -print_final_stats=1 -artifact_prefix="$A/" \
+				"$A/fuzz-corpus-logline" tests/fuzz/corpus-logline &&
+			echo "1 passed, 0 failed"
+	}
+	run "fuzz/log-line-and-config-parsers (${FUZZ}s)" fuzzlog
 fi
 
 echo "$passed passed, $failed failed"
