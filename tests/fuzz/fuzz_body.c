@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "fallback.h"
+#include "../unit/utf8_valid.h"
 #include "policy.h"
 
 #define CHECK(c)                                                                          \
@@ -28,39 +29,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF,
- * no truncated sequence. */
-static bool utf8_valid(const char *str, size_t len)
-{
-	const unsigned char *s = (const unsigned char *)str, *end = s + len;
-
-	while (s < end) {
-		unsigned c = *s++, cp, need;
-
-		if (c < 0x80)
-			continue;
-		if (c >= 0xC2 && c <= 0xDF)
-			need = 1, cp = c & 0x1F;
-		else if (c >= 0xE0 && c <= 0xEF)
-			need = 2, cp = c & 0x0F;
-		else if (c >= 0xF0 && c <= 0xF4)
-			need = 3, cp = c & 0x07;
-		else
-			return false;
-		if ((size_t)(end - s) < need)
-			return false;
-		for (unsigned i = 0; i < need; i++) {
-			if ((s[i] & 0xC0) != 0x80)
-				return false;
-			cp = cp << 6 | (s[i] & 0x3F);
-		}
-		s += need;
-		if ((need == 2 && cp < 0x800) || (need == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-		    (cp >= 0xD800 && cp <= 0xDFFF))
-			return false;
-	}
-	return true;
-}
 
 /* An answer of n bytes in a buffer of size bytes, bounded by max. */
 static void check_answer(const char *out, size_t n, size_t size, size_t max, const char *text)

@@ -14,43 +14,11 @@
 #include <cmocka.h>
 
 #include "fallback.h"
+#include "utf8_valid.h"
 #include "policy.h"
 
 #define TEXT "Our assistant is busy \xe2\x80\x94 we received your question:"
 
-/* Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF,
- * no truncated sequence. */
-static bool utf8_valid(const char *str, size_t len)
-{
-	const unsigned char *s = (const unsigned char *)str, *end = s + len;
-
-	while (s < end) {
-		unsigned c = *s++, cp, need;
-
-		if (c < 0x80)
-			continue;
-		if (c >= 0xC2 && c <= 0xDF)
-			need = 1, cp = c & 0x1F;
-		else if (c >= 0xE0 && c <= 0xEF)
-			need = 2, cp = c & 0x0F;
-		else if (c >= 0xF0 && c <= 0xF4)
-			need = 3, cp = c & 0x07;
-		else
-			return false;
-		if ((size_t)(end - s) < need)
-			return false;
-		for (unsigned i = 0; i < need; i++) {
-			if ((s[i] & 0xC0) != 0x80)
-				return false;
-			cp = cp << 6 | (s[i] & 0x3F);
-		}
-		s += need;
-		if ((need == 2 && cp < 0x800) || (need == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-		    (cp >= 0xD800 && cp <= 0xDFFF))
-			return false;
-	}
-	return true;
-}
 
 /* s[0..n) printable: anything but printable ASCII as \xNN, so that a
  * failure message is readable and never itself invalid UTF-8. Four
