@@ -26,6 +26,9 @@ struct config_key {
 
 static const struct config_key keys[] = {
 	STR(listen, "127.0.0.1:12345", "SPOP listener: HOST:PORT (port 0 = any free port) or a unix socket path"),
+	STR(tls_cert, "", "PEM certificate (then its chain) of the SPOP listener: set with tls_key to speak TLS to HAProxy (`ssl` on its server line)"),
+	STR(tls_key, "", "PEM private key of tls_cert; refused when others may read it"),
+	STR(tls_client_ca, "", "PEM CA file: when set, HAProxy must present a client certificate (`crt` on its server line) signed by it"),
 	STR(db, "", "SQLite database file (default: tokengate.db next to the config file, or in the current directory)"),
 	STR(secret_file, "", "file holding the HMAC secret for API keys (default: <db>.secret, created 0600 if missing)"),
 	STR(user, "", "after binding its sockets, switch to this user (when started as root)"),
@@ -212,6 +215,15 @@ int config_validate(const struct config *c, char *err, size_t errsz)
 {
 	if (c->listen[0] == '\0') {
 		snprintf(err, errsz, "listen: must not be empty");
+		return -1;
+	}
+	if (!c->tls_cert[0] != !c->tls_key[0]) {
+		snprintf(err, errsz, "%s: must be set together with %s", c->tls_cert[0] ? "tls_cert" : "tls_key",
+			 c->tls_cert[0] ? "tls_key" : "tls_cert");
+		return -1;
+	}
+	if (c->tls_client_ca[0] && !c->tls_cert[0]) {
+		snprintf(err, errsz, "tls_client_ca: needs tls_cert and tls_key (client certificates are a TLS feature)");
 		return -1;
 	}
 	if (log_level_parse(c->log_level) < 0) {

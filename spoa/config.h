@@ -16,6 +16,9 @@
 
 struct config {
 	char listen[CONFIG_STR_MAX];
+	char tls_cert[CONFIG_STR_MAX];
+	char tls_key[CONFIG_STR_MAX];
+	char tls_client_ca[CONFIG_STR_MAX];
 	char db[CONFIG_STR_MAX];
 	char secret_file[CONFIG_STR_MAX];
 	char user[64];

@@ -2,6 +2,7 @@
 #include "conn.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -10,8 +11,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
 #include "log.h"
 #include "spop.h"
+#include "tls.h"
 
 enum conn_state {
 	CONN_HELLO = 0,
@@ -25,6 +31,9 @@ enum conn_state {
 #define CONN_F_SHUT 0x4u        /* our side shut down, lingering */
 #define CONN_F_DEAD 0x8u        /* free at the end of the callback */
 #define CONN_F_IN_CALLBACK 0x10u
+#define CONN_F_HANDSHAKE 0x20u        /* TLS handshake not finished */
+#define CONN_F_READ_WANTS_WRITE 0x40u /* SSL_read waits for the socket to take output */
+#define CONN_F_WRITE_WANTS_READ 0x80u /* SSL_write waits for input */
 
 /* A peer cannot make us buffer more than this for one frame, whatever it
  * announces. 3.1.x may send frames larger than negotiated, so we accept
@@ -51,6 +60,7 @@ struct conn {
 	uint8_t *wbuf;
 	size_t wlen, woff, wcap;
 	uint64_t id;
+	SSL *ssl; /* NULL: plain socket */
 };
 
 static const char *const state_names[CONN_STATE_COUNT] = {"HELLO", "READY", "CLOSING"};
@@ -92,6 +102,7 @@ static void conn_free(struct conn *c)
 		c->next->prev = c->prev;
 	env->nconns--;
 	env->stats.closed++;
+	SSL_free(c->ssl);
 	free(c->rbuf);
 	free(c->wbuf);
 	free(c);
@@ -127,6 +138,18 @@ struct conn *conn_new(struct conn_env *env, int fd)
 	if (!c) {
 		close(fd);
 		return NULL;
+	}
+	if (env->tls) {
+		c->ssl = SSL_new(env->tls);
+		if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1) {
+			SSL_free(c->ssl);
+			free(c);
+			close(fd);
+			ERR_clear_error();
+			return NULL;
+		}
+		SSL_set_accept_state(c->ssl);
+		c->flags |= CONN_F_HANDSHAKE;
 	}
 	c->fd = fd;
 	c->env = env;
@@ -453,16 +476,137 @@ static bool is_normal_close(int err)
 	return err == ECONNRESET || err == EPIPE || err == ENOTCONN || err == ETIMEDOUT;
 }
 
+/*
+ * What an SSL call that did not complete means, in read(2) terms: -1 with
+ * errno EAGAIN (try again on the event the flags ask for), 0 for the end
+ * of the stream, or -1 with ECONNRESET after logging what TLS refused (the
+ * callers treat it as a normal close, without a second message).
+ */
+static ssize_t tls_result(struct conn *c, int r, bool reading)
+{
+	char why[256];
+
+	switch (SSL_get_error(c->ssl, r)) {
+	case SSL_ERROR_WANT_READ:
+		if (!reading)
+			c->flags |= CONN_F_WRITE_WANTS_READ;
+		errno = EAGAIN;
+		return -1;
+	case SSL_ERROR_WANT_WRITE:
+		if (reading) {
+			c->flags |= CONN_F_READ_WANTS_WRITE;
+			ev_io_start(c->env->loop, &c->wio);
+		}
+		errno = EAGAIN;
+		return -1;
+	case SSL_ERROR_ZERO_RETURN:
+		return 0;
+	case SSL_ERROR_SYSCALL:
+		if (ERR_peek_error() == 0 && (r == 0 || errno == 0))
+			return 0;
+		if (ERR_peek_error() == 0)
+			return -1; /* errno says what the socket did */
+		/* fallthrough */
+	default:
+		LOG_INFO("conn %llu: TLS %s: %s", (unsigned long long)c->id, reading ? "read" : "write",
+			 tls_error_string(why, sizeof(why), "error"));
+		errno = ECONNRESET;
+		return -1;
+	}
+}
+
+/* read(2), or SSL_read on a TLS connection; read(2)'s results. */
+static ssize_t conn_recv(struct conn *c, void *buf, size_t n)
+{
+	ssize_t k;
+	int r;
+
+	if (!c->ssl) {
+		do
+			k = read(c->fd, buf, n);
+		while (k == -1 && errno == EINTR);
+		return k;
+	}
+	ERR_clear_error();
+	r = SSL_read(c->ssl, buf, n > INT_MAX ? INT_MAX : (int)n);
+	return r > 0 ? (ssize_t)r : tls_result(c, r, true);
+}
+
+/* write(2), or SSL_write on a TLS connection; write(2)'s results. */
+static ssize_t conn_send(struct conn *c, const void *buf, size_t n)
+{
+	ssize_t k;
+	int r;
+
+	if (!c->ssl) {
+		do
+			k = write(c->fd, buf, n);
+		while (k == -1 && errno == EINTR);
+		return k;
+	}
+	ERR_clear_error();
+	c->flags &= ~CONN_F_WRITE_WANTS_READ;
+	r = SSL_write(c->ssl, buf, n > INT_MAX ? INT_MAX : (int)n);
+	return r > 0 ? (ssize_t)r : tls_result(c, r, false);
+}
+
+/*
+ * Advances the TLS handshake: 1 once it is done, 0 while it waits for the
+ * peer (the watchers are set for what it waits on), -1 when it failed and
+ * the connection is closed. A peer without an acceptable certificate ends
+ * here, before a single SPOP byte is read.
+ */
+static int conn_handshake(struct conn *c)
+{
+	char why[256];
+	int r;
+
+	ERR_clear_error();
+	r = SSL_do_handshake(c->ssl);
+	if (r == 1) {
+		c->flags &= ~CONN_F_HANDSHAKE;
+		c->env->stats.tls_handshakes++;
+		if (!(c->flags & CONN_F_WRITING))
+			ev_io_stop(c->env->loop, &c->wio);
+		LOG_DEBUG("conn %llu: %s handshake done, %s", (unsigned long long)c->id, SSL_get_version(c->ssl),
+			  SSL_get_cipher_name(c->ssl));
+		return 1;
+	}
+	switch (SSL_get_error(c->ssl, r)) {
+	case SSL_ERROR_WANT_READ:
+		ev_io_stop(c->env->loop, &c->wio);
+		return 0;
+	case SSL_ERROR_WANT_WRITE:
+		ev_io_start(c->env->loop, &c->wio);
+		return 0;
+	default:
+		break;
+	}
+	c->env->stats.tls_handshake_failures++;
+	tls_error_string(why, sizeof(why), "the peer closed the connection");
+	if (SSL_get_verify_result(c->ssl) != X509_V_OK)
+		LOG_INFO("conn %llu: TLS handshake failed: client certificate: %s (%s)", (unsigned long long)c->id,
+			 X509_verify_cert_error_string(SSL_get_verify_result(c->ssl)), why);
+	else
+		LOG_INFO("conn %llu: TLS handshake failed: %s", (unsigned long long)c->id, why);
+	conn_close(c);
+	return -1;
+}
+
 /* Writes what is pending; arms the write watcher on a short write. */
 static void conn_flush(struct conn *c)
 {
 	while (c->woff < c->wlen) {
-		ssize_t n = write(c->fd, c->wbuf + c->woff, c->wlen - c->woff);
+		ssize_t n = conn_send(c, c->wbuf + c->woff, c->wlen - c->woff);
 
 		if (n == -1) {
-			if (errno == EINTR)
-				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				/* TLS waiting for input: the read side calls
+				 * us again; a write watcher would spin. */
+				if (c->flags & CONN_F_WRITE_WANTS_READ) {
+					ev_io_start(c->env->loop, &c->rio);
+					return;
+				}
 				if (!(c->flags & CONN_F_WRITING)) {
 					c->flags |= CONN_F_WRITING;
 					ev_io_start(c->env->loop, &c->wio);
@@ -486,6 +630,12 @@ static void conn_flush(struct conn *c)
 		 * closes, so that unread input cannot turn our close into a
 		 * reset that destroys the DISCONNECT before HAProxy reads it. */
 		c->flags |= CONN_F_SHUT;
+		if (c->ssl) {
+			/* close_notify, best effort: the TCP half-close follows. */
+			ERR_clear_error();
+			SSL_shutdown(c->ssl);
+			ERR_clear_error();
+		}
 		shutdown(c->fd, SHUT_WR);
 		c->rlen = 0;
 		ev_io_start(c->env->loop, &c->rio);
@@ -518,17 +668,19 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 		conn_leave(c);
 		return;
 	}
+	if ((c->flags & CONN_F_HANDSHAKE) && conn_handshake(c) != 1) {
+		conn_leave(c);
+		return;
+	}
 	/* One read per event: libev is level-triggered, so what we leave
-	 * in the socket brings us back after other connections had a turn. */
+	 * in the socket brings us back after other connections had a turn
+	 * (what TLS has already decrypted is not in the socket: see below). */
 	room = rbuf_reserve(c);
 	if (room == -1) {
 		conn_fail(c, SPOP_ERR_RES, "out of memory");
 	} else if (room > 0) {
-		ssize_t n;
+		ssize_t n = conn_recv(c, c->rbuf + c->rlen, (size_t)room);
 
-		do
-			n = read(c->fd, c->rbuf + c->rlen, (size_t)room);
-		while (n == -1 && errno == EINTR);
 		if (n > 0) {
 			c->rlen += (size_t)n;
 		} else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
@@ -542,6 +694,8 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 	}
 	if (!(c->flags & CONN_F_DEAD) && process_input(c) && !(c->flags & CONN_F_DEAD))
 		ev_feed_event(loop, &c->rio, EV_READ); /* yield, then continue */
+	else if (c->ssl && !(c->flags & (CONN_F_DEAD | CONN_F_PAUSED)) && SSL_pending(c->ssl) > 0)
+		ev_feed_event(loop, &c->rio, EV_READ); /* decrypted bytes wait in OpenSSL, not the socket */
 	if (!(c->flags & CONN_F_DEAD))
 		conn_flush(c);
 	conn_leave(c);
@@ -551,10 +705,21 @@ static void conn_write_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct conn *c = container_of(w, struct conn, wio);
 
-	(void)loop;
 	(void)revents;
 	c->flags |= CONN_F_IN_CALLBACK;
+	if (c->flags & CONN_F_HANDSHAKE) {
+		if (conn_handshake(c) == 1)
+			ev_feed_event(loop, &c->rio, EV_READ); /* HELLO may already be in */
+		conn_leave(c);
+		return;
+	}
+	if (c->flags & CONN_F_READ_WANTS_WRITE) {
+		c->flags &= ~CONN_F_READ_WANTS_WRITE;
+		ev_feed_event(loop, &c->rio, EV_READ);
+	}
 	conn_flush(c);
+	if (!(c->flags & (CONN_F_WRITING | CONN_F_DEAD)))
+		ev_io_stop(loop, &c->wio);
 	conn_leave(c);
 }
 
@@ -567,6 +732,13 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	c->flags |= CONN_F_IN_CALLBACK;
 	switch (c->state) {
 	case CONN_HELLO:
+		if (c->flags & CONN_F_HANDSHAKE) {
+			/* No TLS channel to say it on: just close. */
+			c->env->stats.tls_handshake_failures++;
+			LOG_INFO("conn %llu: TLS handshake not finished within hello_timeout_ms", (unsigned long long)c->id);
+			conn_close(c);
+			break;
+		}
 		conn_fail(c, SPOP_ERR_TOUT, "no HELLO in time");
 		conn_flush(c);
 		break;

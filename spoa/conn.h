@@ -2,7 +2,8 @@
  * conn: one SPOP connection from HAProxy, as an explicit state machine on
  * libev.
  *
- *   HELLO   waiting for HAPROXY-HELLO (bounded by hello_timeout_ms)
+ *   HELLO   waiting for HAPROXY-HELLO (bounded by hello_timeout_ms); with
+ *           TLS, the handshake comes first, within the same bound
  *   READY   NOTIFY in, ACK out, any number in flight (pipelining)
  *   CLOSING our last frame (AGENT-DISCONNECT or a health-check HELLO) is
  *           being written; then we shut down our side, discard input until
@@ -34,6 +35,8 @@ struct conn_stats {
 	uint64_t disconnect_recv;
 	uint64_t actions_dropped;
 	uint64_t paused_backpressure;
+	uint64_t tls_handshakes;
+	uint64_t tls_handshake_failures;
 };
 
 /* What every connection shares: owned by main, outlives all conns. */
@@ -41,6 +44,7 @@ struct conn_env {
 	struct ev_loop *loop;
 	const struct config *cfg;
 	struct engine *engine;
+	struct ssl_ctx_st *tls; /* SSL_CTX of the listener; NULL: plain */
 	struct conn *all;   /* every live connection */
 	unsigned nconns;
 	struct conn_stats stats;

@@ -18,6 +18,7 @@
 #include "engine.h"
 #include "http.h"
 #include "listener.h"
+#include "tls.h"
 #include "logsock.h"
 #include "log.h"
 #include "metrics.h"
@@ -360,6 +361,36 @@ static void drain_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	ev_break(loop, EVBREAK_ALL);
 }
 
+/* SIGHUP with TLS on: new connections get the certificate and key as the
+ * files are now (rotation without a restart); a file that no longer loads
+ * keeps the running context. Turning TLS on or off needs a restart. */
+static void reload_tls(struct config *nc)
+{
+	char err[512];
+	SSL_CTX *ctx;
+
+	if (!g.env.tls != !nc->tls_cert[0]) {
+		LOG_WARN("reload: turning TLS on or off takes effect at the next restart");
+		strcpy(nc->tls_cert, g.cfg.tls_cert);
+		strcpy(nc->tls_key, g.cfg.tls_key);
+		strcpy(nc->tls_client_ca, g.cfg.tls_client_ca);
+	}
+	if (!g.env.tls)
+		return;
+	ctx = tls_server_ctx(nc->tls_cert, nc->tls_key, nc->tls_client_ca, err, sizeof(err));
+	if (!ctx) {
+		LOG_ERROR("reload: keeping the running TLS certificate: %s", err);
+		strcpy(nc->tls_cert, g.cfg.tls_cert);
+		strcpy(nc->tls_key, g.cfg.tls_key);
+		strcpy(nc->tls_client_ca, g.cfg.tls_client_ca);
+		return;
+	}
+	/* Open connections hold their own reference to the old context. */
+	SSL_CTX_free(g.env.tls);
+	g.env.tls = ctx;
+	LOG_INFO("TLS certificate %s reloaded", nc->tls_cert);
+}
+
 /* SIGHUP: re-read the file and argv; apply what can change in place. The
  * listener and database stay as they are (a restart changes those). */
 static void reload_cb(struct ev_loop *loop, ev_signal *w, int revents)
@@ -378,6 +409,7 @@ static void reload_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	}
 	if (strcmp(nc.listen, g.cfg.listen) != 0 || strcmp(nc.db, g.cfg.db) != 0)
 		LOG_WARN("reload: listen and db changes take effect at the next restart");
+	reload_tls(&nc);
 	strcpy(nc.listen, g.cfg.listen);
 	strcpy(nc.db, g.cfg.db);
 	strcpy(nc.secret_file, g.cfg.secret_file);
@@ -424,6 +456,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "tokengate: user: no such user \"%s\"\n", g.cfg.user);
 		return 2;
 	}
+	if (check && g.cfg.tls_cert[0]) {
+		SSL_CTX *ctx = tls_server_ctx(g.cfg.tls_cert, g.cfg.tls_key, g.cfg.tls_client_ca, err, sizeof(err));
+
+		if (!ctx) {
+			fprintf(stderr, "tokengate: %s\n", err);
+			return 2;
+		}
+		SSL_CTX_free(ctx);
+	}
 	if (check) {
 		struct store *s = NULL;
 		struct engine *e = open_state(&g.cfg, default_secret, &s, err, sizeof(err));
@@ -451,6 +492,14 @@ int main(int argc, char **argv)
 	}
 	g.env.cfg = &g.cfg;
 	g.env.on_free = on_conn_free;
+	/* Before dropping privileges: keys are often readable by root only. */
+	if (g.cfg.tls_cert[0]) {
+		g.env.tls = tls_server_ctx(g.cfg.tls_cert, g.cfg.tls_key, g.cfg.tls_client_ca, err, sizeof(err));
+		if (!g.env.tls) {
+			LOG_ERROR("%s", err);
+			return 1;
+		}
+	}
 	g.listener = listener_new(&g.env, g.cfg.listen, err, sizeof(err));
 	if (!g.listener) {
 		LOG_ERROR("%s", err);
@@ -526,13 +575,16 @@ int main(int argc, char **argv)
 	ev_timer_again(g.env.loop, &g.flush_timer);
 	ev_timer_init(&g.tick_timer, tick_cb, TICK_S, TICK_S);
 	ev_timer_start(g.env.loop, &g.tick_timer);
-	LOG_INFO("tokengate %s listening on %s (port %d), admin on %s (port %d), database %s", TOKENGATE_VERSION,
-		 g.cfg.listen, listener_port(g.listener), g.cfg.admin_listen[0] ? g.cfg.admin_listen : "none",
+	LOG_INFO("tokengate %s listening on %s (port %d%s), admin on %s (port %d), database %s", TOKENGATE_VERSION,
+		 g.cfg.listen, listener_port(g.listener),
+		 g.env.tls ? (g.cfg.tls_client_ca[0] ? ", TLS, client certificates required" : ", TLS") : "",
+		 g.cfg.admin_listen[0] ? g.cfg.admin_listen : "none",
 		 g.admin ? http_port(g.admin) : 0, g.cfg.db);
 
 	ev_run(g.env.loop, 0);
 
 	conn_free_all(&g.env);
+	SSL_CTX_free(g.env.tls);
 	listener_free(g.listener);
 	http_stop(g.admin);
 	logsock_stop(g.logsock);

@@ -51,6 +51,12 @@ static void render_spop(struct buf *b, const struct conn_stats *st, unsigned nco
 	}
 	one(b, "tokengate_spop_backpressure_pauses_total", "counter",
 	    "Times a peer's unread ACKs made us stop reading from it.", (double)st->paused_backpressure);
+	head(b, "tokengate_spop_tls_handshakes_total", "counter",
+	     "TLS handshakes on the SPOP listener, by result (failed: bad or missing client certificate, "
+	     "plain TCP on a TLS listener, not finished within hello_timeout_ms).");
+	buf_printf(b, "tokengate_spop_tls_handshakes_total{result=\"ok\"} %llu\n", (unsigned long long)st->tls_handshakes);
+	buf_printf(b, "tokengate_spop_tls_handshakes_total{result=\"failed\"} %llu\n",
+		   (unsigned long long)st->tls_handshake_failures);
 }
 
 static void render_engine(struct buf *b, struct engine *e)
