@@ -29,7 +29,7 @@ SPOA_SRC := $(filter-out spoa/main.c,$(wildcard spoa/*.c))
 SPOA_OBJ := $(SPOA_SRC:%.c=$(BUILD)/%.o) $(BUILD)/schema_sql.o
 WIRE_OBJ := $(BUILD)/bench/spopwire.o
 
-BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/test_daytime $(BUILD)/test_engine $(BUILD)/test_breaker $(BUILD)/test_fallback $(BUILD)/test_redact $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/fuzz_replay $(BUILD)/fuzz_body_replay $(BUILD)/fuzz_logline_replay
+BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/test_daytime $(BUILD)/test_engine $(BUILD)/test_breaker $(BUILD)/test_fallback $(BUILD)/test_redact $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/writerbench $(BUILD)/fuzz_replay $(BUILD)/fuzz_body_replay $(BUILD)/fuzz_logline_replay
 
 .PHONY: all test asan check fuzz bench install clean deps
 all: $(BINS)
@@ -83,6 +83,10 @@ $(BUILD)/spopload: $(BUILD)/bench/spopload.o $(WIRE_OBJ)
 $(BUILD)/spopraw: $(BUILD)/tests/tools/spopraw.o $(WIRE_OBJ)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^
+
+$(BUILD)/writerbench: $(BUILD)/bench/writerbench.o $(SPOA_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/wire_selftest: $(BUILD)/bench/wire_selftest.o $(WIRE_OBJ)
 	@$(if $(Q),echo "  LD      $@")
