@@ -327,12 +327,19 @@ start_agent() {
 metric() { # file name{labels}: the value, 0 if absent
 	awk -v k="$2" '$1 == k { print $2; f = 1 } END { if (!f) print 0 }' "$1"
 }
+# The agent's decisions other than allow/ok, "action/reason=N,...", or "-".
+other_reasons() { # metrics file
+	awk '/^tokengate_decisions_total\{/ && !/action="allow",reason="ok"/ && $2 > 0 {
+		match($1, /action="[^"]*"/); a = substr($1, RSTART + 8, RLENGTH - 9)
+		match($1, /reason="[^"]*"/); printf "%s%s/%s=%s", (k++ ? "," : ""), a, substr($1, RSTART + 8, RLENGTH - 9), $2
+	} END { if (!k) printf "-" }' "$1"
+}
 
 # ---- one measured wrk run ----------------------------------------------------
 
 RAW=$TMP/raw.tsv # round sys conns rps p50 p90 p99 p999 max non2xx sockerr requests agent agent_run loop front backend wrk
 : >"$RAW"
-SLOTS=$TMP/slots.tsv # round sys notify allow not_allow settled open spop_errors haproxy_dropped_logs
+SLOTS=$TMP/slots.tsv # round sys notify allow not_allow settled open spop_errors haproxy_dropped_logs reasons
 : >"$SLOTS"
 RTTS=$TMP/rtt.tsv # round p50 p99
 : >"$RTTS"
@@ -421,9 +428,10 @@ for round in $(seq 1 "$ROUNDS"); do
 		allow=$(metric "$m" 'tokengate_decisions_total{action="allow",reason="ok"}')
 		decided=$(awk '/^tokengate_decisions_total\{/ { s += $2 } END { print s + 0 }' "$m")
 		errs=$(awk '/^tokengate_spop_errors_total/ { s += $2 } END { print s + 0 }' "$m")
-		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$sys" "$(metric "$m" tokengate_spop_notify_total)" \
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$sys" "$(metric "$m" tokengate_spop_notify_total)" \
 			"$allow" "$((decided - allow))" "$(metric "$m" 'tokengate_settlements_total{outcome="settled"}')" \
-			"$(metric "$m" tokengate_reservations_open)" "$errs" "$dropped" >>"$SLOTS"
+			"$(metric "$m" tokengate_reservations_open)" "$errs" "$dropped" "$(other_reasons "$m")" >>"$SLOTS"
+		[ "$((decided - allow))" -gt 0 ] && say "  decisions other than allow: $(other_reasons "$m")"
 		if [ "$sys" = b ]; then
 			# The loopback round trip of this run: one SPOP connection,
 			# lock-step, to the same idle ACK-only agent.
@@ -471,7 +479,7 @@ if [ "$STEADY" != 0 ]; then
 			"$(($(jnum connect "$out") + $(jnum read "$out") + $(jnum write "$out") + $(jnum timeout "$out")))" \
 			"$(awk '/^tokengate_spop_errors_total/ { s += $2 } END { print s + 0 }' "$m")" \
 			"$(awk '/^tokengate_decisions_total\{/ && !/action="allow",reason="ok"/ { s += $2 } END { print s + 0 }' "$m")" \
-			"$(awk '/^tokengate_decisions_total\{/ && !/action="allow",reason="ok"/ && $2 > 0 { match($1, /action="[^"]*"/); a = substr($1, RSTART + 8, RLENGTH - 9); match($1, /reason="[^"]*"/); printf "%s%s/%s=%s", (k++ ? "," : ""), a, substr($1, RSTART + 8, RLENGTH - 9), $2 } END { if (!k) printf "-" }' "$m")" \
+			"$(other_reasons "$m")" \
 			"$(awk '/^tokengate_provider_breaker_opened_total/ { s += $2 } END { print s + 0 }' "$m")" \
 			"$(metric "$TMP/hametrics.steady" haproxy_process_dropped_logs_total)" \
 			"$(metric "$m" tokengate_reservations_open)" >>"$STEADY_RES"
@@ -585,7 +593,11 @@ FILENAME == ARGV[3] {
 	for (c = 4; c <= 18; c++) { v[k, c] = v[k, c] " " $c; x[$1, $2, $3, c] = $c }
 	next
 }
-FILENAME == ARGV[4] { ns_++; slot[ns_] = $0; for (c = 3; c <= 9; c++) sv[$2, c] = sv[$2, c] + $c; next }
+FILENAME == ARGV[4] {
+	ns_++; slot[ns_] = $0; for (c = 3; c <= 9; c++) sv[$2, c] = sv[$2, c] + $c
+	if ($10 != "" && $10 != "-") whyl = whyl sprintf("%s(%s) round %s: %s", (whyl == "" ? "" : "; "), $2, $1, $10)
+	next
+}
 FILENAME == ARGV[5] { rtt[$1] = $2; rtt99[$1] = $3; rttl = rttl " " $2; rttl99 = rttl99 " " $3; next }
 FILENAME == ARGV[6] { nst++; st_t[nst] = $1; st_r[nst] = $2; st_n[nst] = $3; next }
 FILENAME == ARGV[7] { nsd++; for (c = 1; c <= 13; c++) sd[c] = $c; next }
@@ -705,6 +717,7 @@ END {
 		for (y = 1; y <= ny; y++) if ((Y[y], 3) in sv)
 			printf "| %s | %d | %d | %d | %d | %d | %d | %d |\n", name[Y[y]], sv[Y[y], 3], sv[Y[y], 4], sv[Y[y], 5], sv[Y[y], 6], sv[Y[y], 7], sv[Y[y], 8], sv[Y[y], 9] > md
 		print "" > md
+		if (whyl != "") { print "Decisions other than allow, by slot (action/reason=count): " whyl "." > md; print "" > md }
 		print "Read once the agent is idle after the -c1 run. A reservation still open then lost its log line:" > md
 		print "HAProxy sends it without waiting and drops it when the queue of the agent socket is full (at most" > md
 		print "`net.unix.max_dgram_qlen` datagrams, see Machine); it settles only at `reservation_ttl_s`, at its estimate." > md
@@ -762,8 +775,8 @@ END {
 	printf "\n    ],\n    \"agent_counters\": [" > js
 	for (i = 1; i <= ns_; i++) {
 		split(slot[i], f, "\t")
-		printf "%s\n      {\"round\": %d, \"system\": %s, \"notify\": %d, \"allow\": %d, \"other_decisions\": %d, \"settled\": %d, \"open\": %d, \"spop_errors\": %d, \"haproxy_dropped_logs\": %d}",
-			(i > 1 ? "," : ""), f[1], jstr(f[2]), f[3], f[4], f[5], f[6], f[7], f[8], f[9] > js
+		printf "%s\n      {\"round\": %d, \"system\": %s, \"notify\": %d, \"allow\": %d, \"other_decisions\": %d, \"other_decisions_by_reason\": %s, \"settled\": %d, \"open\": %d, \"spop_errors\": %d, \"haproxy_dropped_logs\": %d}",
+			(i > 1 ? "," : ""), f[1], jstr(f[2]), f[3], f[4], f[5], jstr(f[10] == "" ? "-" : f[10]), f[6], f[7], f[8], f[9] > js
 	}
 	printf "\n    ],\n    \"steady\": %s", (nsd ? sprintf("{\"seconds\": %d, \"requests\": %d, \"rps\": %s, \"p50_us\": %s, \"p99_us\": %s, \"non_2xx\": %d, \"socket_errors\": %d, \"spop_errors\": %d, \"other_decisions\": %d, \"other_decisions_by_reason\": %s, \"breaker_openings\": %d, \"haproxy_dropped_logs\": %d, \"open\": %d}", sd[1], sd[2], jv(sd[3]), jv(sd[4]), jv(sd[5]), sd[6], sd[7], sd[8], sd[9], jstr(sd[10]), sd[11], sd[12], sd[13]) : "null") > js
 	printf ",\n    \"strace\": [" > js
