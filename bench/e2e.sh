@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench/e2e.sh: end to end through real HAProxy (issue 6, item 3).
 #
-#   bench/e2e.sh                about 3 minutes (5 rounds)
-#   BENCH_QUICK=1 bench/e2e.sh  about 40 s (1 round, short runs)
+#   bench/e2e.sh                about 4 minutes (5 rounds, then a 60 s steady run)
+#   BENCH_QUICK=1 bench/e2e.sh  about 50 s (1 round, short runs)
 #
 # wrk -> HAProxy (nbthread 1, bench/haproxy-bench.cfg) -> a fast local
 # "provider" (a second HAProxy process answering a chat.completion from
@@ -28,6 +28,8 @@
 # BENCH_E2E_WARMUP (s, 1), BENCH_E2E_SYSTEMS ("a b c d"), BENCH_E2E_CONNS
 # (32), BENCH_E2E_NBTHREAD (HAProxy threads, 1), BENCH_USERS (100000),
 # BENCH_E2E_STRACE (1; 0 skips the fsync check), BENCH_E2E_STRACE_S (4),
+# BENCH_E2E_STEADY (s of the steady run of system c at -c32, 60; quick 10;
+# 0 skips it),
 # BENCH_E2E_MERGE (1; 0 leaves latest.md/json alone), BENCH_E2E_ACK_LOG (0;
 # 1 sends the log line to the ACK-only agent of (b) too), BENCH_OUT,
 # BENCH_KEEP=1, BUILD (build directory, default build).
@@ -39,9 +41,9 @@ ROOT=$PWD
 BUILD=${BUILD:-build}
 OUTDIR=${BENCH_OUT:-$ROOT/bench/results}
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
-	d_rounds=1 d_dur=3 d_dur1=2 d_rtt=1
+	d_rounds=1 d_dur=3 d_dur1=2 d_rtt=1 d_steady=10
 else
-	d_rounds=5 d_dur=4 d_dur1=2 d_rtt=1
+	d_rounds=5 d_dur=4 d_dur1=2 d_rtt=1 d_steady=60
 fi
 ROUNDS=${BENCH_E2E_ROUNDS:-$d_rounds}
 DUR=${BENCH_E2E_DURATION:-$d_dur}
@@ -54,6 +56,7 @@ NBTHREAD=${BENCH_E2E_NBTHREAD:-1}
 USERS=${BENCH_USERS:-100000}
 STRACE=${BENCH_E2E_STRACE:-1}
 STRACE_S=${BENCH_E2E_STRACE_S:-4}
+STEADY=${BENCH_E2E_STEADY:-$d_steady}
 MERGE=${BENCH_E2E_MERGE:-1}
 ACK_LOG=${BENCH_E2E_ACK_LOG:-0}
 CFG=$ROOT/bench/haproxy-bench.cfg
@@ -324,12 +327,19 @@ start_agent() {
 metric() { # file name{labels}: the value, 0 if absent
 	awk -v k="$2" '$1 == k { print $2; f = 1 } END { if (!f) print 0 }' "$1"
 }
+# The agent's decisions other than allow/ok, "action/reason=N,...", or "-".
+other_reasons() { # metrics file
+	awk '/^tokengate_decisions_total\{/ && !/action="allow",reason="ok"/ && $2 > 0 {
+		match($1, /action="[^"]*"/); a = substr($1, RSTART + 8, RLENGTH - 9)
+		match($1, /reason="[^"]*"/); printf "%s%s/%s=%s", (k++ ? "," : ""), a, substr($1, RSTART + 8, RLENGTH - 9), $2
+	} END { if (!k) printf "-" }' "$1"
+}
 
 # ---- one measured wrk run ----------------------------------------------------
 
 RAW=$TMP/raw.tsv # round sys conns rps p50 p90 p99 p999 max non2xx sockerr requests agent agent_run loop front backend wrk
 : >"$RAW"
-SLOTS=$TMP/slots.tsv # round sys notify allow not_allow settled open spop_errors haproxy_dropped_logs
+SLOTS=$TMP/slots.tsv # round sys notify allow not_allow settled open spop_errors haproxy_dropped_logs reasons
 : >"$SLOTS"
 RTTS=$TMP/rtt.tsv # round p50 p99
 : >"$RTTS"
@@ -418,9 +428,10 @@ for round in $(seq 1 "$ROUNDS"); do
 		allow=$(metric "$m" 'tokengate_decisions_total{action="allow",reason="ok"}')
 		decided=$(awk '/^tokengate_decisions_total\{/ { s += $2 } END { print s + 0 }' "$m")
 		errs=$(awk '/^tokengate_spop_errors_total/ { s += $2 } END { print s + 0 }' "$m")
-		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$sys" "$(metric "$m" tokengate_spop_notify_total)" \
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$sys" "$(metric "$m" tokengate_spop_notify_total)" \
 			"$allow" "$((decided - allow))" "$(metric "$m" 'tokengate_settlements_total{outcome="settled"}')" \
-			"$(metric "$m" tokengate_reservations_open)" "$errs" "$dropped" >>"$SLOTS"
+			"$(metric "$m" tokengate_reservations_open)" "$errs" "$dropped" "$(other_reasons "$m")" >>"$SLOTS"
+		[ "$((decided - allow))" -gt 0 ] && say "  decisions other than allow: $(other_reasons "$m")"
 		if [ "$sys" = b ]; then
 			# The loopback round trip of this run: one SPOP connection,
 			# lock-step, to the same idle ACK-only agent.
@@ -435,6 +446,54 @@ for round in $(seq 1 "$ROUNDS"); do
 		rm -f "$TMP/run.db" "$TMP/run.db-wal" "$TMP/run.db-shm"
 	done
 done
+
+# ---- steady run ------------------------------------------------------------
+#
+# Issue 6: zero non-2xx and zero SPOE errors in a 60-second steady run. System
+# c, a fresh agent and HAProxy, wrk -c32 for STEADY seconds after the warmup.
+# A gate error (SPOE timeout, agent error) is a 503 in the bench config, so
+# wrk counts it among the non-2xx; the agent counts its own protocol errors
+# and every decision other than allow (by reason below); HAProxy counts the
+# log lines it could not send.
+STEADY_RES=$TMP/steady.tsv # secs requests rps p50 p99 non2xx sockerr spop_errors not_allow reasons breaker_opens dropped_logs open
+: >"$STEADY_RES"
+if [ "$STEADY" != 0 ]; then
+	say "steady run: system c, wrk -c$CONNS for ${STEADY}s"
+	copy_db "$TMP/users.db" "$TMP/run.db"
+	start_agent c 1 --db "$TMP/run.db" --audit-log false
+	start_front yes "$AG_PORT" "$AG_SOCK"
+	[ "$WARM" != 0 ] && wrk -t1 -c"$CONNS" -d"${WARM}s" -s "$LUA" "http://127.0.0.1:$FRONT_PORT" >/dev/null 2>&1
+	wait_idle "$AG_PID" 10
+	out=$TMP/wrk.steady
+	wrk -t1 -c"$CONNS" -d"${STEADY}s" --latency -s "$LUA" "http://127.0.0.1:$FRONT_PORT" >"$out" 2>"$out.err"
+	wait_idle "$AG_PID" 10
+	m=$TMP/metrics.steady
+	curl -s --max-time 5 "http://127.0.0.1:$AG_ADMIN/metrics" >"$m"
+	curl -s --max-time 5 "http://127.0.0.1:$STATS_PORT/metrics?scope=global" >"$TMP/hametrics.steady"
+	n=$(jnum requests "$out")
+	if [ -n "$n" ]; then
+		# warmup included in the agent's counters, as in the rounds
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$STEADY" "$n" \
+			"$(awk -v n="$n" -v d="$(jnum duration_us "$out")" 'BEGIN { printf "%.0f", n * 1e6 / d }')" \
+			"$(jnum p50_us "$out")" "$(jnum p99_us "$out")" "$(jnum status "$out")" \
+			"$(($(jnum connect "$out") + $(jnum read "$out") + $(jnum write "$out") + $(jnum timeout "$out")))" \
+			"$(awk '/^tokengate_spop_errors_total/ { s += $2 } END { print s + 0 }' "$m")" \
+			"$(awk '/^tokengate_decisions_total\{/ && !/action="allow",reason="ok"/ { s += $2 } END { print s + 0 }' "$m")" \
+			"$(other_reasons "$m")" \
+			"$(awk '/^tokengate_provider_breaker_opened_total/ { s += $2 } END { print s + 0 }' "$m")" \
+			"$(metric "$TMP/hametrics.steady" haproxy_process_dropped_logs_total)" \
+			"$(metric "$m" tokengate_reservations_open)" >>"$STEADY_RES"
+		say "  $(cut -f2,6,7,8,9,10 "$STEADY_RES" | awk -F'\t' '{ printf "%s requests, non-2xx %s, socket errors %s, SPOP errors %s, decisions other than allow %s (%s)", $1, $2, $3, $4, $5, $6 }')"
+	else
+		say "wrk failed (steady run): $(head -c 300 "$out.err")"
+	fi
+	cmd_note "wrk -t1 -c$CONNS -d${STEADY}s --latency -s chat.lua http://127.0.0.1:FRONT  (steady run, system c)"
+	stop "$FRONT_PID" TERM
+	stop "$AG_PID" KILL
+	AG_PID=""
+	rm -f "$TMP/run.db" "$TMP/run.db-wal" "$TMP/run.db-shm"
+fi
+
 T1=$(date +%s)
 
 # ---- fsync / fdatasync: which threads call them --------------------------
@@ -498,7 +557,7 @@ HOSTINFO=$TMP/host.tsv
 	printf 'tokengate\t%s\n' "$(first "$TG" --version)"
 	printf 'commit\t%s\n' "$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')"
 	printf 'config\t%s rounds; wrk -t1 -c%s %s s and -c1 %s s per system after %s s warmup; %s users; HAProxy nbthread %s\n' "$ROUNDS" "$CONNS" "$DUR" "$DUR1" "$WARM" "$USERS" "$NBTHREAD"
-	printf 'duration\t%s s of runs, %s s of strace check\n' "$((T1 - T0))" "$((T2 - T1))"
+	printf 'duration\t%s s of runs (steady run included), %s s of strace check\n' "$((T1 - T0))" "$((T2 - T1))"
 	printf 'load\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$HOSTINFO"
 
@@ -534,9 +593,14 @@ FILENAME == ARGV[3] {
 	for (c = 4; c <= 18; c++) { v[k, c] = v[k, c] " " $c; x[$1, $2, $3, c] = $c }
 	next
 }
-FILENAME == ARGV[4] { ns_++; slot[ns_] = $0; for (c = 3; c <= 9; c++) sv[$2, c] = sv[$2, c] + $c; next }
+FILENAME == ARGV[4] {
+	ns_++; slot[ns_] = $0; for (c = 3; c <= 9; c++) sv[$2, c] = sv[$2, c] + $c
+	if ($10 != "" && $10 != "-") whyl = whyl sprintf("%s(%s) round %s: %s", (whyl == "" ? "" : "; "), $2, $1, $10)
+	next
+}
 FILENAME == ARGV[5] { rtt[$1] = $2; rtt99[$1] = $3; rttl = rttl " " $2; rttl99 = rttl99 " " $3; next }
 FILENAME == ARGV[6] { nst++; st_t[nst] = $1; st_r[nst] = $2; st_n[nst] = $3; next }
+FILENAME == ARGV[7] { nsd++; for (c = 1; c <= 13; c++) sd[c] = $c; next }
 END {
 	ny = split(systems, Y, " ")
 	name["a"] = "(a) HAProxy, no SPOE"
@@ -594,6 +658,10 @@ END {
 	notallow = sv["c", 5] + sv["d", 5]; spoperr = sv["b", 8] + sv["c", 8] + sv["d", 8]; open_ = sv["c", 7] + sv["d", 7]
 	nf++; fn[nf] = "non-2xx answers + socket errors, all measured runs (" reqs " requests)"; fm[nf] = non2xx + sockerr; fl[nf] = "-"; fh[nf] = "-"; fc[nf] = "-"; ft[nf] = "0"; fmet[nf] = (non2xx + sockerr == 0) ? "yes" : "**no**"; ff[nf] = "%d"; fcmp[nf] = "le"; fb[nf] = 0
 	nf++; fn[nf] = "decisions other than allow (c, d) / SPOP errors (agent)"; fm[nf] = notallow + spoperr; fl[nf] = "-"; fh[nf] = "-"; fc[nf] = "-"; ft[nf] = "0"; fmet[nf] = (notallow + spoperr == 0) ? "yes" : "**no**"; ff[nf] = "%d"; fcmp[nf] = "le"; fb[nf] = 0
+	if (nsd) {
+		nf++; fn[nf] = "steady run (c), " sd[1] " s at -c" C ": non-2xx answers + socket errors (" sd[2] " requests)"; fm[nf] = sd[6] + sd[7]; fl[nf] = "-"; fh[nf] = "-"; fc[nf] = "-"; ft[nf] = "0"; fmet[nf] = (sd[6] + sd[7] == 0) ? "yes" : "**no**"; ff[nf] = "%d"; fcmp[nf] = "le"; fb[nf] = 0
+		nf++; fn[nf] = "steady run (c): SPOP errors (agent) + decisions other than allow"; fm[nf] = sd[8] + sd[9]; fl[nf] = "-"; fh[nf] = "-"; fc[nf] = "-"; ft[nf] = "0"; fmet[nf] = (sd[8] + sd[9] == 0) ? "yes" : "**no**"; ff[nf] = "%d"; fcmp[nf] = "le"; fb[nf] = 0
+	}
 	if (strace_on == 1) {
 		loopcalls = "-"; other = 0
 		for (i = 1; i <= nst; i++) { if (st_r[i] ~ /^main/) loopcalls = st_n[i]; else other += st_n[i] }
@@ -649,9 +717,18 @@ END {
 		for (y = 1; y <= ny; y++) if ((Y[y], 3) in sv)
 			printf "| %s | %d | %d | %d | %d | %d | %d | %d |\n", name[Y[y]], sv[Y[y], 3], sv[Y[y], 4], sv[Y[y], 5], sv[Y[y], 6], sv[Y[y], 7], sv[Y[y], 8], sv[Y[y], 9] > md
 		print "" > md
+		if (whyl != "") { print "Decisions other than allow, by slot (action/reason=count): " whyl "." > md; print "" > md }
 		print "Read once the agent is idle after the -c1 run. A reservation still open then lost its log line:" > md
 		print "HAProxy sends it without waiting and drops it when the queue of the agent socket is full (at most" > md
 		print "`net.unix.max_dgram_qlen` datagrams, see Machine); it settles only at `reservation_ttl_s`, at its estimate." > md
+		print "" > md
+	}
+	if (nsd) {
+		print "Steady run: system (c), a fresh agent and HAProxy, `wrk -t1 -c" C " -d" sd[1] "s` after the warmup (agent counters include the warmup):" > md
+		print "" > md
+		print "| seconds | requests | req/s | p50 us | p99 us | non-2xx | socket errors | SPOP errors | decisions other than allow | breaker openings | log lines HAProxy dropped | reservations still open |" > md
+		print "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" > md
+		printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s%s | %s | %s | %s |\n", sd[1], sd[2], sd[3], sd[4], sd[5], sd[6], sd[7], sd[8], sd[9], (sd[10] == "-" ? "" : " (" sd[10] ")"), sd[11], sd[12], sd[13] > md
 		print "" > md
 	}
 	if (strace_on == 1) {
@@ -698,10 +775,11 @@ END {
 	printf "\n    ],\n    \"agent_counters\": [" > js
 	for (i = 1; i <= ns_; i++) {
 		split(slot[i], f, "\t")
-		printf "%s\n      {\"round\": %d, \"system\": %s, \"notify\": %d, \"allow\": %d, \"other_decisions\": %d, \"settled\": %d, \"open\": %d, \"spop_errors\": %d, \"haproxy_dropped_logs\": %d}",
-			(i > 1 ? "," : ""), f[1], jstr(f[2]), f[3], f[4], f[5], f[6], f[7], f[8], f[9] > js
+		printf "%s\n      {\"round\": %d, \"system\": %s, \"notify\": %d, \"allow\": %d, \"other_decisions\": %d, \"other_decisions_by_reason\": %s, \"settled\": %d, \"open\": %d, \"spop_errors\": %d, \"haproxy_dropped_logs\": %d}",
+			(i > 1 ? "," : ""), f[1], jstr(f[2]), f[3], f[4], f[5], jstr(f[10] == "" ? "-" : f[10]), f[6], f[7], f[8], f[9] > js
 	}
-	printf "\n    ],\n    \"strace\": [" > js
+	printf "\n    ],\n    \"steady\": %s", (nsd ? sprintf("{\"seconds\": %d, \"requests\": %d, \"rps\": %s, \"p50_us\": %s, \"p99_us\": %s, \"non_2xx\": %d, \"socket_errors\": %d, \"spop_errors\": %d, \"other_decisions\": %d, \"other_decisions_by_reason\": %s, \"breaker_openings\": %d, \"haproxy_dropped_logs\": %d, \"open\": %d}", sd[1], sd[2], jv(sd[3]), jv(sd[4]), jv(sd[5]), sd[6], sd[7], sd[8], sd[9], jstr(sd[10]), sd[11], sd[12], sd[13]) : "null") > js
+	printf ",\n    \"strace\": [" > js
 	for (i = 1; i <= nst; i++) printf "%s\n      {\"tid\": %d, \"thread\": %s, \"fsync_fdatasync_calls\": %d}", (i > 1 ? "," : ""), st_t[i], jstr(st_r[i]), st_n[i] > js
 	printf "\n    ],\n    \"runs\": [" > js
 	for (i = 1; i <= nr; i++) {
@@ -711,7 +789,7 @@ END {
 			jv(f[13]), jv(f[14]), jv(f[15]), jv(f[16]), jv(f[17]), jv(f[18]) > js
 	}
 	printf "\n    ]\n  }\n" > js
-}' "$HOSTINFO" "$CMDS" "$RAW" "$SLOTS" "$RTTS" "$STRACE_RES" || die "report failed"
+}' "$HOSTINFO" "$CMDS" "$RAW" "$SLOTS" "$RTTS" "$STRACE_RES" "$STEADY_RES" || die "report failed"
 
 mv "$OUTDIR/e2e-latest.md.tmp" "$OUTDIR/e2e-latest.md"
 # (indented to sit under "e2e" in latest.json)
