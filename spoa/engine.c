@@ -771,11 +771,17 @@ static void finish(struct engine *e, struct ledger_resv *r, double now, const st
 	int64_t in = end->prompt_tokens, out = end->completion_tokens, cost;
 	int status = end->provider_status;
 	bool client_gone = end->tsc && (end->tsc[0] == 'C' || end->tsc[0] == 'c');
+	/* How far the session got (the second letter): a provider was only
+	 * involved from the connection on. An error HAProxy made up before
+	 * that (LR: fail-closed, a decision the client abandoned) is no
+	 * provider's doing. */
+	bool reached_server = end->tsc && end->tsc[0] && strchr("CHDL", end->tsc[1]) && end->tsc[1];
 	/* No answer from the provider, and not because the client left: a
 	 * server-side timeout, refusal or reset (s, S), or an answer HAProxy
-	 * had to reject as invalid (P... with its own 502), is the provider's. */
+	 * had to reject as invalid (PH with its own 502), is the provider's. */
 	bool server_fault = end->tsc && (end->tsc[0] == 's' || end->tsc[0] == 'S' ||
-					 (!client_gone && end->provider_status < 0 && end->status >= 500));
+					 (!client_gone && end->tsc[0] != 'L' && reached_server &&
+					  end->provider_status < 0 && end->status >= 500));
 
 	/* Usage comes from a response body: bound it like any peer input.
 	 * No real answer reports more than this; a wild value must not wrap

@@ -722,6 +722,16 @@ static void test_log_lines_tell_timeouts_from_clients_gone(void **state)
 		end_line(e, NOON_UTC + 1, uid, 200, -1, "CD--");
 	}
 	assert_int_equal(engine_stats(e)->client_aborts, 5);
+	/* Nor do HAProxy's own errors before any provider was contacted (LR:
+	 * fail-closed, or a decision the client abandoned answered 499/503). */
+	for (int i = 0; i < 5; i++) {
+		snprintf(uid, sizeof(uid), "l%d", i);
+		routed_request(e, NOON_UTC, uid, -1, &r);
+		end_line(e, NOON_UTC + 1, uid, 503, -1, "LR--");
+		snprintf(uid, sizeof(uid), "p%d", i);
+		routed_request(e, NOON_UTC, uid, -1, &r);
+		end_line(e, NOON_UTC + 1, uid, 503, -1, "PR--");
+	}
 	routed_request(e, NOON_UTC + 2, "ok", -1, &r);
 	assert_string_equal(r.backend, "provider_primary");
 	/* Server timeouts (sH: waiting for headers) do. */
@@ -733,11 +743,11 @@ static void test_log_lines_tell_timeouts_from_clients_gone(void **state)
 	routed_request(e, NOON_UTC + 5, "after", -1, &r);
 	assert_string_equal(r.backend, "provider_secondary");
 	/* Estimates stand for those requests (the provider may have worked). */
-	assert_int_equal(engine_stats(e)->settled_by_log, 8);
+	assert_int_equal(engine_stats(e)->settled_by_log, 18);
 	/* A line for a request already settled by its response changes nothing. */
 	routed_response(e, NOON_UTC + 6, "ok", "provider_primary", 200, 0);
 	end_line(e, NOON_UTC + 6, "ok", 504, -1, "sH--");
-	assert_int_equal(engine_stats(e)->settled_by_log, 8);
+	assert_int_equal(engine_stats(e)->settled_by_log, 18);
 	/* The log line alone settles a normal answer with its real usage. */
 	{
 		struct engine_end end = {.uid = "u9", .uid_len = 2, .backend = "provider_secondary", .status = 200,
@@ -751,6 +761,18 @@ static void test_log_lines_tell_timeouts_from_clients_gone(void **state)
 		assert_int_equal(usage_of(e, "olga")->tokens_in, before - 25 + 7); /* estimate 100/4 replaced */
 		assert_int_equal(engine_stats(e)->settled, 2);
 	}
+	engine_free(e);
+	/* An answer HAProxy rejected as invalid (PH, its own 502) is the
+	 * provider's fault. */
+	e = engine_new(&cfg, routed_policy("computed"), NOON_UTC);
+	for (int i = 0; i < 3; i++) {
+		snprintf(uid, sizeof(uid), "i%d", i);
+		routed_request(e, NOON_UTC, uid, -1, &r);
+		assert_string_equal(r.backend, "provider_primary");
+		end_line(e, NOON_UTC + 1, uid, 502, -1, "PH--");
+	}
+	routed_request(e, NOON_UTC + 2, "after-invalid", -1, &r);
+	assert_string_equal(r.backend, "provider_secondary");
 	engine_free(e);
 }
 
