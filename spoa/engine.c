@@ -940,11 +940,9 @@ static bool add_usage(const struct ledger_usage *u, void *arg)
 
 	if (!day)
 		return true; /* a day no longer held: nothing to write it under */
-	b = batch_add_usage(e->batch);
+	b = batch_add_usage(e->batch, day, u->user, u->len);
 	if (!b)
 		return false;
-	memcpy(b->day, day, sizeof(b->day));
-	memcpy(b->user, u->user, (size_t)u->len + 1);
 	b->tokens_in = u->tokens_in;
 	b->tokens_out = u->tokens_out;
 	b->cost_nano = u->cost_nano;

@@ -556,7 +556,7 @@ static int write_usage(struct store *s, const struct batch *b, const char *now, 
 		sqlite3_stmt *st = s->st[ST_USAGE];
 
 		sqlite3_bind_text(st, 1, u->day, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, u->user, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, batch_usage_user(b, u), u->user_len, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 3, u->tokens_in);
 		sqlite3_bind_int64(st, 4, u->tokens_out);
 		sqlite3_bind_int64(st, 5, u->requests);

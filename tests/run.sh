@@ -70,6 +70,7 @@ unit() {
 	run "unit/daytime$tag" "$bdir/test_daytime"
 	run "unit/engine$tag" "$bdir/test_engine"
 	run "unit/breaker$tag" "$bdir/test_breaker"
+	run "unit/batch$tag" "$bdir/test_batch"
 	run "unit/fallback$tag" "$bdir/test_fallback"
 	run "unit/redact$tag" "$bdir/test_redact"
 	run "unit/wire-selftest$tag" "$bdir/wire_selftest"
