@@ -71,6 +71,7 @@ unit() {
 	run "unit/engine$tag" "$bdir/test_engine"
 	run "unit/breaker$tag" "$bdir/test_breaker"
 	run "unit/batch$tag" "$bdir/test_batch"
+	run "unit/logsock$tag" "$bdir/test_logsock"
 	run "unit/strmap$tag" "$bdir/test_strmap"
 	run "unit/fallback$tag" "$bdir/test_fallback"
 	run "unit/redact$tag" "$bdir/test_redact"
