@@ -73,6 +73,7 @@ unit() {
 	run "unit/batch$tag" "$bdir/test_batch"
 	run "unit/logsock$tag" "$bdir/test_logsock"
 	run "unit/strmap$tag" "$bdir/test_strmap"
+	run "unit/ledger$tag" "$bdir/test_ledger"
 	run "unit/fallback$tag" "$bdir/test_fallback"
 	run "unit/redact$tag" "$bdir/test_redact"
 	run "unit/wire-selftest$tag" "$bdir/wire_selftest"
