@@ -24,6 +24,7 @@ void batch_reset(struct batch *b)
 {
 	free_prompts(b);
 	b->nusage = b->naudit = b->nhealth = 0;
+	b->keys_len = 0;
 	b->current_day[0] = '\0';
 	b->next = NULL;
 }
@@ -37,6 +38,7 @@ void batch_free(struct batch *b)
 	free(b->audit);
 	free(b->health);
 	free(b->prompts);
+	free(b->keys);
 	free(b);
 }
 
@@ -54,15 +56,70 @@ static void *grow(void *arr, size_t *cap, size_t n, size_t elem)
 	return na;
 }
 
-struct batch_usage *batch_add_usage(struct batch *b)
-{
-	struct batch_usage *na = grow(b->usage, &b->usage_cap, b->nusage, sizeof(*na));
+#define DAY_LEN 10
 
+/* Room for n more key bytes. */
+static int reserve_keys(struct batch *b, size_t n)
+{
+	size_t cap = b->keys_cap ? b->keys_cap : 4096;
+	char *nk;
+
+	if (b->keys_len + n <= b->keys_cap)
+		return 0;
+	while (cap < b->keys_len + n)
+		cap *= 2;
+	nk = realloc(b->keys, cap);
+	if (!nk)
+		return -1;
+	b->keys = nk;
+	b->keys_cap = cap;
+	return 0;
+}
+
+struct batch_usage *batch_add_usage(struct batch *b, const char *day, const char *user, size_t len)
+{
+	struct batch_usage *na, *u;
+
+	if (len > LEDGER_USER_MAX || reserve_keys(b, DAY_LEN + len + 1) == -1)
+		return NULL;
+	na = grow(b->usage, &b->usage_cap, b->nusage, sizeof(*na));
 	if (!na)
 		return NULL;
 	b->usage = na;
-	memset(&na[b->nusage], 0, sizeof(*na));
-	return &na[b->nusage++];
+	u = &na[b->nusage++];
+	memset(u, 0, sizeof(*u));
+	memcpy(u->day, day, DAY_LEN);
+	u->day[DAY_LEN] = '\0';
+	u->key_off = (uint32_t)b->keys_len;
+	u->user_len = (uint8_t)len;
+	memcpy(b->keys + b->keys_len, day, DAY_LEN);
+	memcpy(b->keys + b->keys_len + DAY_LEN, user, len);
+	b->keys[b->keys_len + DAY_LEN + len] = '\0';
+	b->keys_len += DAY_LEN + len + 1;
+	return u;
+}
+
+const char *batch_usage_user(const struct batch *b, const struct batch_usage *u)
+{
+	return b->keys + u->key_off + DAY_LEN;
+}
+
+static int cmp_usage(const void *x, const void *y, void *arg)
+{
+	const struct batch *b = arg;
+	const struct batch_usage *ux = x, *uy = y;
+	size_t lx = DAY_LEN + ux->user_len, ly = DAY_LEN + uy->user_len;
+	int c = memcmp(b->keys + ux->key_off, b->keys + uy->key_off, lx < ly ? lx : ly);
+
+	/* The day has a fixed length, so a byte order on day + user is the
+	 * order on (day, user): memcmp, then the shorter first. */
+	return c ? c : (lx > ly) - (lx < ly);
+}
+
+void batch_sort_usage(struct batch *b)
+{
+	if (b->nusage > 1)
+		qsort_r(b->usage, b->nusage, sizeof(b->usage[0]), cmp_usage, b);
 }
 
 struct batch_audit *batch_add_audit(struct batch *b)
@@ -101,9 +158,9 @@ struct batch_prompt *batch_add_prompt(struct batch *b)
 int batch_merge(struct batch *dst, struct batch *src)
 {
 	struct strmap index = {0};
-	char key[11 + LEDGER_USER_MAX + 2];
 
-	/* Room first: the index points into dst->usage, which must not move. */
+	/* Room first: the index points into dst->usage and dst->keys, which
+	 * must not move. */
 	if (dst->usage_cap < dst->nusage + src->nusage) {
 		size_t cap = dst->nusage + src->nusage;
 		struct batch_usage *nu = realloc(dst->usage, cap * sizeof(*nu));
@@ -113,24 +170,26 @@ int batch_merge(struct batch *dst, struct batch *src)
 		dst->usage = nu;
 		dst->usage_cap = cap;
 	}
+	if (reserve_keys(dst, src->keys_len) == -1)
+		return -1;
 	/* Index dst's user-days so that src's newer values replace them. */
 	for (size_t i = 0; i < dst->nusage; i++)
-		if (strmap_put(&index, (const char *)&dst->usage[i], sizeof(dst->usage[i].day) + strlen(dst->usage[i].user),
+		if (strmap_put(&index, dst->keys + dst->usage[i].key_off, DAY_LEN + dst->usage[i].user_len,
 			       &dst->usage[i]) == -1)
 			goto fail;
 	for (size_t i = 0; i < src->nusage; i++) {
 		const struct batch_usage *s = &src->usage[i];
-		struct batch_usage *d;
-		size_t klen = sizeof(s->day) + strlen(s->user);
+		struct batch_usage *d = strmap_get(&index, src->keys + s->key_off, DAY_LEN + s->user_len);
+		uint32_t off;
 
-		memcpy(key, s, klen);
-		d = strmap_get(&index, key, klen);
 		if (!d) {
-			d = batch_add_usage(dst);
+			d = batch_add_usage(dst, s->day, batch_usage_user(src, s), s->user_len);
 			if (!d)
 				goto fail;
 		}
+		off = d->key_off;
 		*d = *s;
+		d->key_off = off;
 	}
 	for (size_t i = 0; i < src->naudit; i++) {
 		struct batch_audit *a = batch_add_audit(dst);

@@ -11,11 +11,16 @@
 
 #include "ledger.h"
 
+/* A user-day's counters. The user's name is not inline (a 129-byte array
+ * made every row 192 bytes, and batches hold up to one row per active
+ * user): it lives in the batch's key arena, after the day, so that the
+ * pair is one contiguous key for merging and sorting. */
 struct batch_usage {
-	char day[11];
-	char user[LEDGER_USER_MAX + 1];
 	int64_t tokens_in, tokens_out, cost_nano;
 	int64_t requests, denials, fallbacks;
+	uint32_t key_off; /* in batch.keys: "YYYY-MM-DD" then the user, NUL */
+	uint8_t user_len;
+	char day[11];
 };
 
 struct batch_audit {
@@ -68,6 +73,8 @@ struct batch {
 	size_t nhealth, health_cap;
 	struct batch_prompt *prompts;
 	size_t nprompts, prompts_cap;
+	char *keys; /* the usage rows' day + user strings */
+	size_t keys_len, keys_cap;
 	char current_day[11];
 	struct batch *next; /* the store's queue */
 };
@@ -77,8 +84,19 @@ struct batch *batch_new(void);
 void batch_reset(struct batch *b);
 void batch_free(struct batch *b);
 
+/* Appends a usage row for (day, user) with zero counters and returns it,
+ * or NULL on allocation failure. day is "YYYY-MM-DD"; user (len <=
+ * LEDGER_USER_MAX) is copied. */
+struct batch_usage *batch_add_usage(struct batch *b, const char *day, const char *user, size_t len);
+
+/* The user of a usage row, NUL-terminated, valid until b changes. */
+const char *batch_usage_user(const struct batch *b, const struct batch_usage *u);
+
+/* Orders the usage rows by (day, user) as SQLite's BINARY collation does,
+ * so that the upserts walk daily_usage's B-tree in key order. */
+void batch_sort_usage(struct batch *b);
+
 /* Appends a zeroed row and returns it, or NULL on allocation failure. */
-struct batch_usage *batch_add_usage(struct batch *b);
 struct batch_audit *batch_add_audit(struct batch *b);
 struct batch_health *batch_add_health(struct batch *b);
 struct batch_prompt *batch_add_prompt(struct batch *b);

@@ -1,6 +1,7 @@
 /* engine: budget decisions and settlement (see engine.h). */
 #include "engine.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -80,12 +81,17 @@ static void apply_zone(const struct policy *p)
 		LOG_ERROR("settings.time_zone: unknown zone \"%s\"; days stay in %s", p->time_zone, daytime_zone());
 }
 
+#ifndef NDEBUG
+static bool arg_table_ok(void);
+#endif
+
 struct engine *engine_new(const struct config *cfg, struct policy *policy, double now)
 {
 	struct engine *e = calloc(1, sizeof(*e));
 
 	if (!e)
 		return NULL;
+	assert(arg_table_ok());
 	e->cfg = cfg;
 	e->policy = policy;
 	e->ledger = ledger_new();
@@ -191,22 +197,68 @@ static const struct {
 #undef ARG
 };
 
+/* Which of arg_names a name is, or A_COUNT. Called for every argument of
+ * every message: a switch on the length leaves at most three candidates,
+ * each compared with a memcmp of constant size that the compiler turns
+ * into a few integer comparisons (a scan of the table with libc's memcmp
+ * cost as much as the rest of the message's decoding). */
+static int arg_id(const uint8_t *p, size_t len)
+{
+#define NAME(s, id)                                      \
+	if (memcmp(p, s, sizeof(s) - 1) == 0)            \
+		return id;
+	switch (len) {
+	case 1:
+		NAME("n", A_N) break;
+	case 4:
+		NAME("user", A_USER) NAME("auth", A_AUTH) NAME("path", A_PATH) break;
+	case 5:
+		NAME("model", A_MODEL) break;
+	case 6:
+		NAME("stream", A_STREAM) NAME("status", A_STATUS) break;
+	case 7:
+		NAME("backend", A_BACKEND) break;
+	case 8:
+		NAME("streamed", A_STREAMED) break;
+	case 9:
+		NAME("unique_id", A_UNIQUE_ID) NAME("body_head", A_BODY_HEAD) break;
+	case 10:
+		NAME("max_tokens", A_MAX_TOKENS) break;
+	case 11:
+		NAME("retry_after", A_RETRY_AFTER) NAME("output_head", A_OUTPUT_HEAD) break;
+	case 13:
+		NAME("prompt_tokens", A_PROMPT_TOKENS) break;
+	case 14:
+		NAME("content_length", A_CONTENT_LENGTH) break;
+	case 17:
+		NAME("completion_tokens", A_COMPLETION_TOKENS) break;
+	case 21:
+		NAME("max_completion_tokens", A_MAX_COMPLETION_TOKENS) break;
+	}
+	return A_COUNT;
+#undef NAME
+}
+
+#ifndef NDEBUG
+/* arg_id knows every name of arg_names (checked once, in engine_new). */
+static bool arg_table_ok(void)
+{
+	for (int k = 0; k < A_COUNT; k++)
+		if (arg_id((const uint8_t *)arg_names[k].name, arg_names[k].len) != k)
+			return false;
+	return true;
+}
+#endif
+
 /* args[id] = the first argument of that name, or NULL. */
 static void index_args(const struct spop_msg *m, const struct spop_data *args[A_COUNT])
 {
 	memset(args, 0, A_COUNT * sizeof(args[0]));
 	for (unsigned i = 0; i < m->nargs; i++) {
-		const struct spop_str *n = &m->args[i].name;
+		int k = arg_id(m->args[i].name.ptr, m->args[i].name.len);
 
-		/* Length and first byte rule out all but one name cheaply. */
-		for (int k = 0; k < A_COUNT; k++) {
-			if (n->len != arg_names[k].len || n->ptr[0] != (uint8_t)arg_names[k].name[0])
-				continue;
-			if (!args[k] && memcmp(n->ptr, arg_names[k].name, n->len) == 0) {
-				args[k] = &m->args[i].value;
-				break;
-			}
-		}
+		if (k < A_COUNT && !args[k])
+			args[k] = &m->args[i].value;
 	}
 }
 
@@ -431,13 +483,18 @@ static void put_fallback_text(struct engine *e, const struct request *rq, struct
 
 	if (rq->route)
 		n = fallback_compose(rq->route, rq->body_head.ptr, rq->body_head.len, text, sizeof(text));
+	if (n > 0) {
+		ack_set_str(out, "fallback_text", text, n);
+		return;
+	}
 	/* A route without a fallback of its own still gets the settings'
 	 * text when a fallback was decided (over-budget tier, global
-	 * ceiling): an answer without text would read as "no decision". */
-	if (n == 0)
-		n = (size_t)snprintf(text, sizeof(text), "%s", e->policy->fallback_text);
+	 * ceiling): an answer without text would read as "no decision".
+	 * Sent from where it is, at most what the buffer above holds, as the
+	 * copy through snprintf did (it cost more than the rest of the ACK). */
+	n = strnlen(e->policy->fallback_text, sizeof(text) - 1);
 	if (n > 0)
-		ack_set_str(out, "fallback_text", text, n);
+		ack_set_str(out, "fallback_text", e->policy->fallback_text, n);
 }
 
 static void refuse(struct engine *e, double now, const struct request *rq, const char *user,
@@ -946,11 +1003,9 @@ static bool add_usage(const struct ledger_usage *u, void *arg)
 
 	if (!day)
 		return true; /* a day no longer held: nothing to write it under */
-	b = batch_add_usage(e->batch);
+	b = batch_add_usage(e->batch, day, u->user, u->len);
 	if (!b)
 		return false;
-	memcpy(b->day, day, sizeof(b->day));
-	memcpy(b->user, u->user, (size_t)u->len + 1);
 	b->tokens_in = u->tokens_in;
 	b->tokens_out = u->tokens_out;
 	b->cost_nano = u->cost_nano;

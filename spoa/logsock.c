@@ -14,6 +14,10 @@
 
 #define LOGSOCK_DGRAM_MAX 8192
 #define LOGSOCK_PER_EVENT 256
+/* Datagrams taken per recvmmsg: under load HAProxy's lines queue up while
+ * the loop answers NOTIFYs, and one system call for each of them cost
+ * more than parsing them. */
+#define LOGSOCK_BATCH 32
 
 struct logsock {
 	struct ev_loop *loop;
@@ -22,27 +26,44 @@ struct logsock {
 	logsock_line_fn fn;
 	void *arg;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct mmsghdr msgs[LOGSOCK_BATCH];
+	struct iovec iov[LOGSOCK_BATCH];
+	char bufs[LOGSOCK_BATCH][LOGSOCK_DGRAM_MAX];
 };
 
 static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct logsock *s = (struct logsock *)((char *)w - offsetof(struct logsock, io));
-	char buf[LOGSOCK_DGRAM_MAX];
 
 	(void)loop;
 	(void)revents;
-	for (int i = 0; i < LOGSOCK_PER_EVENT; i++) {
-		ssize_t n = recv(s->fd, buf, sizeof(buf) - 1, 0);
+	for (int got = 0; got < LOGSOCK_PER_EVENT;) {
+		int n;
 
+		for (int i = 0; i < LOGSOCK_BATCH; i++) {
+			s->iov[i] = (struct iovec){s->bufs[i], LOGSOCK_DGRAM_MAX - 1};
+			s->msgs[i].msg_hdr = (struct msghdr){.msg_iov = &s->iov[i], .msg_iovlen = 1};
+		}
+		n = recvmmsg(s->fd, s->msgs, LOGSOCK_BATCH, MSG_DONTWAIT, NULL);
 		if (n == -1) {
 			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
 				LOG_WARN("log socket %s: %s", s->path, strerror(errno));
 			return;
 		}
-		while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == '\0'))
-			n--;
-		buf[n] = '\0';
-		s->fn(buf, (size_t)n, s->arg);
+		for (int i = 0; i < n; i++) {
+			char *buf = s->bufs[i];
+			size_t len = s->msgs[i].msg_len;
+
+			while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == '\0'))
+				len--;
+			buf[len] = '\0';
+			s->fn(buf, len, s->arg);
+		}
+		/* Fewer than asked: the queue is empty (the watcher is level
+		 * triggered and calls again for anything that came since). */
+		if (n < LOGSOCK_BATCH)
+			return;
+		got += n;
 	}
 }
 
@@ -118,17 +139,20 @@ void logsock_stop(struct logsock *s)
 long logsock_field(const char *line, size_t len, const char *key, const char **val)
 {
 	size_t klen = strlen(key);
-	const char *p = line, *end = line + len;
+	const char *p = line, *end = line + len, *q;
 
-	while (p < end) {
-		const char *tok = p, *sp = memchr(p, ' ', (size_t)(end - p));
-		const char *tend = sp ? sp : end;
+	/* The first "key=" that starts a token (at the start of the line or
+	 * after a space). memmem skips over the line several bytes at a time
+	 * where a memchr per token did not: the agent reads about ten keys
+	 * of every log line. */
+	while (p < end && (q = memmem(p, (size_t)(end - p), key, klen)) != NULL) {
+		if ((q == line || q[-1] == ' ') && q + klen < end && q[klen] == '=') {
+			const char *v = q + klen + 1, *sp = memchr(v, ' ', (size_t)(end - v));
 
-		if ((size_t)(tend - tok) > klen && memcmp(tok, key, klen) == 0 && tok[klen] == '=') {
-			*val = tok + klen + 1;
-			return (long)(tend - *val);
+			*val = v;
+			return (long)((sp ? sp : end) - v);
 		}
-		p = tend + 1;
+		p = q + 1;
 	}
 	return -1;
 }

@@ -7,13 +7,26 @@
 
 uint32_t strmap_hash(const char *key, size_t len)
 {
-	uint32_t h = 2166136261u;
+	const uint64_t k = 0xff51afd7ed558ccdull;
+	uint64_t h = 0x9e3779b97f4a7c15ull ^ (uint64_t)len, w;
 
-	for (size_t i = 0; i < len; i++) {
-		h ^= (uint8_t)key[i];
-		h *= 16777619u;
+	for (; len >= 8; key += 8, len -= 8) {
+		memcpy(&w, key, 8);
+		h = (h ^ w) * k;
+		h ^= h >> 32;
 	}
-	return h;
+	if (len > 0) {
+		w = 0;
+		for (size_t i = 0; i < len; i++)
+			w |= (uint64_t)(uint8_t)key[i] << (8 * i);
+		h = (h ^ w) * k;
+		h ^= h >> 32;
+	}
+	/* MurmurHash3's fmix64. */
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ull;
+	h ^= h >> 33;
+	return (uint32_t)h;
 }
 
 static size_t find(const struct strmap *m, const char *key, size_t len, uint32_t h)

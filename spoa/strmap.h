@@ -25,7 +25,12 @@ struct strmap {
 	size_t count;
 };
 
-/* FNV-1a; good enough for identifiers and cheap on short keys. */
+/* A multiply-xorshift hash taking 8 bytes per step, with a final
+ * avalanche so that the low bits (the slot index) depend on every byte.
+ * FNV-1a's byte at a time was most of a lookup's cost: every request
+ * hashes its user, its unique-id several times, its model and provider.
+ * Like FNV-1a it is not keyed: the keys come from HAProxy (unique-ids) and
+ * the authentication layer in front of it, not from arbitrary clients. */
 uint32_t strmap_hash(const char *key, size_t len);
 
 /* An empty map needs no allocation: `struct strmap m = {0};`. */

@@ -1,0 +1,151 @@
+/*
+ * Unit tests of the log socket reader: every datagram of a burst larger
+ * than one recvmmsg batch arrives, once, in order, with its trailing
+ * newline cut; a datagram at the size limit is delivered (truncated), not
+ * dropped; the field helpers read key=value lines, matching a key only at
+ * the start of a token.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "logsock.h"
+
+struct seen {
+	int n;
+	int bad;
+	size_t last_len;
+};
+
+static void on_line(const char *line, size_t len, void *arg)
+{
+	struct seen *s = arg;
+	char want[64];
+
+	if (len < 1000) {
+		snprintf(want, sizeof(want), "id=req-%d st=200", s->n);
+		if (strlen(line) != len || strcmp(line, want) != 0)
+			s->bad++;
+	}
+	s->last_len = len;
+	s->n++;
+}
+
+static void test_burst_all_delivered(void **state)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct seen seen = {0};
+	char path[64], err[256], line[64];
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	struct logsock *ls;
+	int fd, sent = 0;
+
+	(void)state;
+	snprintf(path, sizeof(path), "/tmp/tg-test-logsock-%ld.sock", (long)getpid());
+	ls = logsock_start(loop, path, 0600, on_line, &seen, err, sizeof(err));
+	assert_non_null(ls);
+	fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+	assert_true(fd >= 0);
+	strcpy(sun.sun_path, path);
+	/* 300 lines: several batches, more than one read event's worth. The
+	 * socket queue may refuse some at once (max_dgram_qlen): then read
+	 * and send again, as HAProxy's lines would keep coming. */
+	while (sent < 300) {
+		int len = snprintf(line, sizeof(line), "id=req-%d st=200\n", sent);
+
+		if (sendto(fd, line, (size_t)len, MSG_DONTWAIT, (struct sockaddr *)&sun, sizeof(sun)) == len)
+			sent++;
+		else
+			ev_run(loop, EVRUN_NOWAIT);
+	}
+	for (int i = 0; i < 100 && seen.n < sent; i++)
+		ev_run(loop, EVRUN_NOWAIT);
+	assert_int_equal(seen.n, 300);
+	assert_int_equal(seen.bad, 0);
+
+	/* The largest datagram: cut to what the reader keeps, still a line. */
+	{
+		size_t big = 8192;
+		char *b = malloc(big);
+
+		assert_non_null(b);
+		memset(b, 'x', big);
+		assert_int_equal(sendto(fd, b, big, 0, (struct sockaddr *)&sun, sizeof(sun)), (ssize_t)big);
+		for (int i = 0; i < 100 && seen.n < 301; i++)
+			ev_run(loop, EVRUN_NOWAIT);
+		assert_int_equal(seen.n, 301);
+		assert_true(seen.last_len > 1000 && seen.last_len < big);
+		free(b);
+	}
+	close(fd);
+	logsock_stop(ls);
+	ev_loop_destroy(loop);
+}
+
+static void test_fields(void **state)
+{
+	static const char line[] = "<134>1 tokengate: id=abc-1 be=provider_primary st=200 pt=12 ct=- tsc=----";
+	const char *v;
+
+	(void)state;
+	assert_int_equal(logsock_field(line, strlen(line), "id", &v), 5);
+	assert_memory_equal(v, "abc-1", 5);
+	assert_int_equal(logsock_field(line, strlen(line), "tsc", &v), 4);
+	assert_int_equal(logsock_field(line, strlen(line), "ts", &v), -1);
+	assert_int_equal(logsock_int(line, strlen(line), "st", -1), 200);
+	assert_int_equal(logsock_int(line, strlen(line), "pt", -1), 12);
+	assert_int_equal(logsock_int(line, strlen(line), "ct", -1), -1);
+	assert_int_equal(logsock_int(line, strlen(line), "ra", 7), 7);
+}
+
+/* Only a token that starts with key= counts, wherever else the text is. */
+static void test_field_token_start(void **state)
+{
+	static const struct {
+		const char *line, *key, *want; /* want NULL: absent */
+	} cases[] = {
+		{"id=1", "id", "1"},
+		{"xid=1 id=2", "id", "2"},
+		{"out=id=5 id=7", "id", "7"},
+		{"id= st=1", "id", ""},
+		{"st=1 id", "id", NULL},
+		{"st=1 idx=3", "id", NULL},
+		{"st=1 id=", "id", ""},
+		{"a  id=9", "id", "9"},
+		{"ididid=4", "id", NULL},
+		{"id=first id=second", "id", "first"},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *v = NULL;
+		long n = logsock_field(cases[i].line, strlen(cases[i].line), cases[i].key, &v);
+
+		if (!cases[i].want) {
+			assert_int_equal(n, -1);
+			continue;
+		}
+		assert_int_equal(n, (long)strlen(cases[i].want));
+		assert_memory_equal(v, cases[i].want, (size_t)n);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_burst_all_delivered),
+		cmocka_unit_test(test_fields),
+		cmocka_unit_test(test_field_token_start),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
