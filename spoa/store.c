@@ -19,15 +19,6 @@
 /* Page cache of the writer's connection: today's rows of a few hundred
  * thousand users stay in memory instead of being re-read for each flush. */
 #define STORE_CACHE_KB "32768"
-/* WAL pages between automatic checkpoints (SQLite's default: 1000). A
- * flush rewrites every page holding a dirty user-day, and with many users
- * one flush alone passes 1000 pages: each commit then paid a checkpoint,
- * copying those pages into the database again and syncing both files.
- * With 10000 (a WAL of up to 40 MB) a checkpoint writes each page once for
- * several flushes. Crash safety is unchanged: a process crash loses
- * nothing committed; a power loss may lose the transactions since the
- * last checkpoint, as before (README, Durability). */
-#define STORE_WAL_CHECKPOINT_PAGES "10000"
 #define STORE_RETRY_S 0.5
 #define STORE_PROBE_IDLE_S 5.0
 #define STORE_PURGE_BATCH 1000
@@ -233,8 +224,7 @@ struct store *store_open(const char *path, char *err, size_t errsz)
 	 * transactions, a crash of this process loses nothing committed. */
 	if (exec(s->db, "PRAGMA journal_mode = WAL", sub, sizeof(sub)) == -1 ||
 	    exec(s->db, "PRAGMA synchronous = NORMAL", sub, sizeof(sub)) == -1 ||
-	    exec(s->db, "PRAGMA cache_size = -" STORE_CACHE_KB, sub, sizeof(sub)) == -1 ||
-	    exec(s->db, "PRAGMA wal_autocheckpoint = " STORE_WAL_CHECKPOINT_PAGES, sub, sizeof(sub)) == -1) {
+	    exec(s->db, "PRAGMA cache_size = -" STORE_CACHE_KB, sub, sizeof(sub)) == -1) {
 		snprintf(err, errsz, "db %s: %s", path, sub);
 		goto fail;
 	}
