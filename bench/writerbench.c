@@ -95,14 +95,12 @@ static void pick(long *idx, long u, long n, unsigned *seed)
 static void fill_batch(struct batch *b, const long *idx, long n, const char *day, int audit, long round)
 {
 	for (long i = 0; i < n; i++) {
-		struct batch_usage *u = batch_add_usage(b);
 		char user[32];
+		int len = snprintf(user, sizeof(user), "user-%ld", idx[i]);
+		struct batch_usage *u = batch_add_usage(b, day, user, (size_t)len);
 
 		if (!u)
 			die("batch", "out of memory");
-		snprintf(user, sizeof(user), "user-%ld", idx[i]);
-		batch_copy(u->day, sizeof(u->day), day, strlen(day));
-		batch_copy(u->user, sizeof(u->user), user, strlen(user));
 		u->tokens_in = 100 * (round + 1);
 		u->tokens_out = 40 * (round + 1);
 		u->requests = round + 1;
