@@ -41,6 +41,7 @@ struct config {
 	long hello_timeout_ms;
 	long idle_timeout_ms;
 	long write_buffer_max;
+	long audit_backlog_max;
 	long frames_per_event;
 	long unix_socket_mode;
 	long log_socket_mode;

@@ -38,6 +38,7 @@ struct engine {
 	double health_at;       /* last time every breaker was snapshotted */
 	double health_now;      /* the time of the snapshot being taken */
 	int64_t unhealthy_retry; /* Retry-After of the provider_unhealthy being refused */
+	size_t store_pending;    /* rows the writer has not written yet (engine_set_store_pending) */
 	struct engine_stats stats;
 };
 
@@ -339,6 +340,17 @@ static struct batch_audit *audit_row(struct engine *e, double decided, const cha
 
 	if (!e->cfg->audit_log)
 		return NULL;
+	/* A writer that cannot keep up (or a database that refuses writes)
+	 * must not make the audit rows eat all memory: past the bound they
+	 * are dropped and counted. Usage rows never are: they coalesce per
+	 * user-day, so they are bounded by the users anyway. */
+	if (e->batch->naudit + e->store_pending >= (size_t)e->cfg->audit_backlog_max) {
+		if (e->stats.audit_dropped++ % 10000 == 0)
+			LOG_WARN("audit_log: %zu rows wait for the database (audit_backlog_max); dropping audit rows, "
+				 "%llu so far (usage counters are kept)",
+				 e->batch->naudit + e->store_pending, (unsigned long long)e->stats.audit_dropped);
+		return NULL;
+	}
 	a = batch_add_audit(e->batch);
 	if (!a) {
 		e->stats.audit_dropped++;
@@ -1068,6 +1080,11 @@ struct batch *engine_take_batch(struct engine *e)
 	memcpy(b->current_day, e->today.str, sizeof(b->current_day));
 	e->batch = fresh;
 	return b;
+}
+
+void engine_set_store_pending(struct engine *e, size_t rows)
+{
+	e->store_pending = rows;
 }
 
 void engine_recycle(struct engine *e, struct batch *b)

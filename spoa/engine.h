@@ -53,7 +53,7 @@ struct engine_stats {
 	uint64_t tokens_charged;   /* settled tokens, in + out */
 	uint64_t cost_nano_charged;
 	uint64_t unknown_messages;
-	uint64_t audit_dropped; /* rows lost to allocation failure */
+	uint64_t audit_dropped; /* rows dropped: audit_backlog_max reached, or no memory */
 	uint64_t settled_by_log; /* closed by HAProxy's log line (no response event) */
 	uint64_t client_aborts;  /* of those, the client went away: not the provider's fault */
 };
@@ -123,6 +123,10 @@ struct batch *engine_take_batch(struct engine *e);
 /* Hands back an emptied batch for the engine to fill next (it keeps one;
  * any other is freed). */
 void engine_recycle(struct engine *e, struct batch *b);
+
+/* Rows handed to the writer and not yet written (store_stats.pending_rows):
+ * with the engine's own, they count against audit_backlog_max. */
+void engine_set_store_pending(struct engine *e, size_t rows);
 
 const struct engine_stats *engine_stats(const struct engine *e);
 const char *engine_action_str(enum engine_action a);

@@ -257,6 +257,12 @@ static void flush_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	engine_recycle(g.env.engine, store_recycled(g.store));
 	if (store_backlog(g.store) == 0 && (b = engine_take_batch(g.env.engine)))
 		store_submit(g.store, b);
+	{
+		struct store_stats st;
+
+		store_get_stats(g.store, &st);
+		engine_set_store_pending(g.env.engine, st.pending_rows);
+	}
 	w->repeat = (double)engine_policy(g.env.engine)->flush_interval_ms / 1000.0;
 	ev_timer_again(loop, w);
 }

@@ -99,7 +99,8 @@ static void render_engine(struct buf *b, struct engine *e)
 		    (double)p->global_ceiling_nano / 1e9);
 	one(b, "tokengate_unknown_messages_total", "counter", "SPOE messages with a name we do not know.",
 	    (double)st->unknown_messages);
-	one(b, "tokengate_audit_rows_dropped_total", "counter", "Audit rows lost to memory exhaustion.",
+	one(b, "tokengate_audit_rows_dropped_total", "counter",
+	    "Audit and prompt rows dropped because audit_backlog_max rows already waited for the database (or memory ran out).",
 	    (double)st->audit_dropped);
 	one(b, "tokengate_requests_ended_by_log_total", "counter",
 	    "Reservations closed by HAProxy's log line because no response event came (timeouts, refusals, clients gone).",

@@ -430,6 +430,47 @@ static void test_reservation_expires_at_estimate(void **state)
 	engine_free(e);
 }
 
+/* A writer far behind (or a database refusing writes) must not let audit
+ * rows take all memory: past audit_backlog_max they are dropped and
+ * counted, while every usage counter is still kept. */
+static void test_audit_rows_bounded_by_backlog(void **state)
+{
+	struct engine *e = engine_new(&cfg, base_policy(-1, -1, -1, 0), NOON_UTC);
+	struct result r;
+	struct batch *b;
+	char uid[16];
+	long saved = cfg.audit_backlog_max;
+
+	(void)state;
+	cfg.audit_backlog_max = 1000;
+	engine_set_store_pending(e, 995); /* the writer still holds 995 rows */
+	for (int i = 0; i < 10; i++) {
+		snprintf(uid, sizeof(uid), "q%d", i);
+		request(e, NOON_UTC, uid, "quota", NULL, 400, 100, &r);
+		assert_string_equal(r.action, "allow");
+		response(e, NOON_UTC + 1, uid, 200, 10, 5, 0);
+	}
+	assert_int_equal(engine_stats(e)->audit_dropped, 5);
+	assert_int_equal(usage_of(e, "quota")->requests, 10);
+	assert_int_equal(usage_of(e, "quota")->tokens_in, 100);
+	b = engine_take_batch(e);
+	assert_non_null(b);
+	assert_int_equal(b->naudit, 5);
+	assert_int_equal(b->nusage, 1);
+	batch_free(b);
+	/* Once the writer has caught up, rows are kept again. */
+	engine_set_store_pending(e, 0);
+	request(e, NOON_UTC + 2, "q-after", "quota", NULL, 400, 100, &r);
+	response(e, NOON_UTC + 3, "q-after", 200, 10, 5, 0);
+	b = engine_take_batch(e);
+	assert_non_null(b);
+	assert_int_equal(b->naudit, 1);
+	assert_int_equal(engine_stats(e)->audit_dropped, 5);
+	batch_free(b);
+	cfg.audit_backlog_max = saved;
+	engine_free(e);
+}
+
 /* Europe/Paris, 2026-10-25 is 25 hours long: midnight is 2026-10-24T22:00Z
  * and the next one 2026-10-25T23:00Z. The counters reset exactly there. */
 static void test_day_boundary_across_dst(void **state)
@@ -787,6 +828,7 @@ int main(void)
 		cmocka_unit_test(test_api_keys),
 		cmocka_unit_test(test_global_ceiling),
 		cmocka_unit_test(test_reservation_expires_at_estimate),
+		cmocka_unit_test(test_audit_rows_bounded_by_backlog),
 		cmocka_unit_test(test_day_boundary_across_dst),
 		cmocka_unit_test(test_bad_input),
 		cmocka_unit_test(test_completion_allowance_fields),
