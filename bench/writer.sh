@@ -84,11 +84,13 @@ done
 drain_ms=$((($(date +%s%N) - t_end) / 1000000))
 f1=$(metric tokengate_db_flush_duration_seconds_count)
 flush_sum=$(metric tokengate_db_flush_duration_seconds_sum)
+audit_written=$(metric tokengate_audit_rows_written_total)
+audit_dropped=$(metric tokengate_audit_rows_dropped_total)
 kill -KILL "$AGENT" 2>/dev/null
 
 mkdir -p "$OUT"
 awk -v secs="$SECS" -v users="$USERS" -v load_rc="$load_rc" -v drain_ms="$drain_ms" -v f0="$f0" -v f1="$f1" \
-	-v fsum="$flush_sum" -v md="$OUT/writer-latest.md" -v js="$OUT/writer-latest.json" \
+	-v fsum="$flush_sum" -v aw="${audit_written:-0}" -v ad="${audit_dropped:-0}" -v md="$OUT/writer-latest.md" -v js="$OUT/writer-latest.json" \
 	-v wbu="$(cat "$TMP/wb-usage.json")" -v wba="$(cat "$TMP/wb-audit.json")" \
 	-v host="$(nproc) CPUs, $(uname -r), $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (uncommitted changes)')" '
 function wbtable(j, title,    n, parts, i, f, v) {
@@ -131,9 +133,10 @@ END {
 	printf "\n- mean %.0f NOTIFY/s (half of them decisions, half settlements); spopload exit status %d\n", avg, load_rc > md
 	printf "- largest queue in the first third %d rows, in the last third %d rows: %s\n", first, last, (grows ? "**it grows**" : "it does not grow") > md
 	printf "- queue empty %d ms after the load stopped\n", drain_ms > md
+	printf "- audit rows written %d, dropped at audit_backlog_max %d (%.1f %%): what the writer cannot store at this rate is dropped and counted, so the queue stays bounded; usage counters are never dropped\n", aw, ad, ((aw + ad) ? 100 * ad / (aw + ad) : 0) > md
 	if (f1 > f0) printf "- %d flushes, %.1f ms of writer time each on average\n", f1 - f0, fsum * 1000 / f1 > md
 	printf "{\"users\":%d,\"seconds\":%d,\"writerbench_usage\":%s,\"writerbench_audit\":%s,", users, secs, wbu, wba > js
-	printf "\"sustained\":{\"mean_notify_per_s\":%.0f,\"pending_first_third_max\":%d,\"pending_last_third_max\":%d,\"grows\":%s,\"drain_ms\":%d,\"samples\":[", avg, first, last, (grows ? "true" : "false"), drain_ms > js
+	printf "\"sustained\":{\"mean_notify_per_s\":%.0f,\"pending_first_third_max\":%d,\"pending_last_third_max\":%d,\"grows\":%s,\"drain_ms\":%d,\"audit_rows_written\":%d,\"audit_rows_dropped\":%d,\"samples\":[", avg, first, last, (grows ? "true" : "false"), drain_ms, aw, ad > js
 	for (i = 1; i <= k; i++) printf "%s{\"t\":%d,\"notify_per_s\":%d,\"pending_rows\":%d}", (i > 1 ? "," : ""), t[i], nps[i], pend[i] > js
 	print "]}}" > js
 }' "$TMP/samples.tsv"
