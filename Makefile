@@ -6,12 +6,14 @@
 #   make check      what CI runs: deps, test and asan in one summary, fuzz
 #   make fuzz       libFuzzer on the frame decoder, the body scanner and the log-line/config parsers (FUZZ_SECONDS each, default 60)
 #   make bench      the side-by-side benchmarks (see bench/)
+#   make soak       10 minutes under load: memory and fds flat (SOAK_SECONDS; not in check/CI)
 #   make install    PREFIX=/usr/local
 
 CC      ?= cc
 PREFIX  ?= /usr/local
 BUILD   ?= build
 FUZZ_SECONDS ?= 60
+SOAK_SECONDS ?= 600
 
 PKGS    := sqlite3 openssl libcjson
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wundef -Wno-unused-parameter
@@ -31,7 +33,7 @@ WIRE_OBJ := $(BUILD)/bench/spopwire.o
 
 BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/test_daytime $(BUILD)/test_engine $(BUILD)/test_breaker $(BUILD)/test_fallback $(BUILD)/test_redact $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/fuzz_replay $(BUILD)/fuzz_body_replay $(BUILD)/fuzz_logline_replay
 
-.PHONY: all test asan check fuzz bench install clean deps
+.PHONY: all test asan check fuzz bench soak install clean deps
 all: $(BINS)
 
 $(BUILD)/%.o: %.c
@@ -146,6 +148,9 @@ check: deps
 
 bench: all
 	$(Q)bench/run
+
+soak: all
+	$(Q)SOAK_SECONDS=$(SOAK_SECONDS) BUILD=$(BUILD) bench/soak.sh
 
 install: $(BUILD)/tokengate
 	install -D -m 0755 $(BUILD)/tokengate $(DESTDIR)$(PREFIX)/bin/tokengate
