@@ -61,6 +61,9 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/tokengate-soak.XXXXXX") || die "mktemp failed"
 mkdir -p "$TMP/bin" && cp "$BUILD/tokengate" "$BUILD/spopload" "$TMP/bin/" || die "cannot copy the binaries"
 TG=$TMP/bin/tokengate
 LOAD=$TMP/bin/spopload
+# The commit of what is measured: now, not when the run ends.
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)
+git -C "$ROOT" diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT (uncommitted changes)"
 
 # ---- processes -----------------------------------------------------------
 
@@ -149,7 +152,7 @@ m() { metric "$2" "$1"; } # m FILE NAME
 
 # ---- the database: the agent's own schema, 100,000 users of today -----------
 
-say "scratch $TMP; $SECS s under load after a ${PROBE_S} s probe, warm-up $WARM s, samples every $STEP s"
+say "scratch $TMP; $SECS s under load${SOAK_RATE:+ at $SOAK_RATE NOTIFY/s}, warm-up $WARM s, samples every $STEP s"
 start_agent "$TMP/base" "$TMP/base.db"
 stop "$TG_PID" 30
 # Limits lifted (as bench/run does) so that the decisions stay the same
@@ -460,8 +463,6 @@ fi
 
 mkdir -p "$OUTDIR"
 cp "$CSV" "$OUTDIR/soak-latest.csv"
-commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)
-git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit (uncommitted changes)"
 {
 	echo "# tokengate soak: latest run"
 	echo
@@ -473,7 +474,7 @@ git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit (uncommitted cha
 	echo "- nproc: $(nproc); cpu: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1 | cut -c1-40)"
 	echo "- kernel: $(uname -sr); load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "- $("$TG" --version); sqlite3 $(sqlite3 --version | cut -d' ' -f1)"
-	echo "- commit: $commit"
+	echo "- commit: $COMMIT"
 	echo "- shared machine: other sessions may have been running (see the load)"
 	echo
 	echo "## Run"
