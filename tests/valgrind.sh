@@ -83,7 +83,7 @@ if [ "$logs" -eq 0 ]; then
 	failed=$((failed + 1))
 	echo "not ok - valgrind: no log at all (was the agent started?)"
 fi
-lost=$(cat "$DIR"/vg.*.log 2>/dev/null | grep -E '(definitely|indirectly) lost: [1-9]' | head -n 1)
+lost=$(cat "$DIR"/vg.*.log 2>/dev/null | grep -E '(definitely|indirectly) lost: [1-9]' | head -n 1 | sed 's/^==[0-9]*== *//')
 echo "valgrind: $logs agent processes checked, $(grep -l 'ERROR SUMMARY: 0 errors' "$DIR"/vg.*.log 2>/dev/null | wc -l) clean${lost:+, $lost} ($(($(date +%s) - start))s)"
 if [ "$failed" -eq 0 ] && [ "${TG_KEEP_TMP:-0}" != 1 ]; then
 	rm -rf "$DIR"
