@@ -2,7 +2,7 @@
 # bench/soak.sh: a bounded soak of the agent (issue 7, item 6; what it does and
 # how to read it: bench/README.md, "Soak"). Not part of make check / CI.
 #
-#   make soak                    SOAK_SECONDS=600 under load, about 12 minutes in all
+#   make soak                    SOAK_SECONDS=600 under load, about 11 minutes in all
 #   SOAK_SECONDS=60 make soak    a short run while developing
 #
 # A fresh agent (defaults, audit log on, 100,000 users of today loaded at
