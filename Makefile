@@ -6,12 +6,15 @@
 #   make check      what CI runs: deps, test and asan in one summary, fuzz
 #   make fuzz       libFuzzer on the frame decoder, the body scanner and the log-line/config parsers (FUZZ_SECONDS each, default 60)
 #   make bench      the side-by-side benchmarks (see bench/)
+#   make soak       10 minutes under load: memory and fds flat (SOAK_SECONDS; not in check/CI)
+#   make valgrind   e2e suites with the agent under valgrind, no error, no leak (40 s; in check)
 #   make install    PREFIX=/usr/local
 
 CC      ?= cc
 PREFIX  ?= /usr/local
 BUILD   ?= build
 FUZZ_SECONDS ?= 60
+SOAK_SECONDS ?= 600
 
 PKGS    := sqlite3 openssl libcjson
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wundef -Wno-unused-parameter
@@ -31,7 +34,7 @@ WIRE_OBJ := $(BUILD)/bench/spopwire.o
 
 BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/test_daytime $(BUILD)/test_engine $(BUILD)/test_breaker $(BUILD)/test_batch $(BUILD)/test_logsock $(BUILD)/test_strmap $(BUILD)/test_ledger $(BUILD)/test_fallback $(BUILD)/test_redact $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/writerbench $(BUILD)/fuzz_replay $(BUILD)/fuzz_body_replay $(BUILD)/fuzz_logline_replay
 
-.PHONY: all test asan check fuzz bench install clean deps
+.PHONY: all test asan check fuzz bench soak valgrind install clean deps
 all: $(BINS)
 
 $(BUILD)/%.o: %.c
@@ -162,10 +165,16 @@ check: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CC=clang \
 		CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" all $(if $(filter 0,$(FUZZ_SECONDS)),,build-asan/fuzz_frame build-asan/fuzz_body build-asan/fuzz_logline)
-	$(Q)TG_BUILD=build TG_ASAN_BUILD=build-asan TG_FUZZ_SECONDS=$(FUZZ_SECONDS) tests/run.sh
+	$(Q)TG_BUILD=build TG_ASAN_BUILD=build-asan TG_FUZZ_SECONDS=$(FUZZ_SECONDS) TG_VALGRIND=1 tests/run.sh
 
 bench: all
 	$(Q)bench/run
+
+valgrind: all
+	$(Q)TG_BUILD=$(BUILD) tests/valgrind.sh
+
+soak: all
+	$(Q)SOAK_SECONDS=$(SOAK_SECONDS) BUILD=$(BUILD) bench/soak.sh
 
 install: $(BUILD)/tokengate
 	install -D -m 0755 $(BUILD)/tokengate $(DESTDIR)$(PREFIX)/bin/tokengate

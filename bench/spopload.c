@@ -8,7 +8,7 @@
  *      -D_GNU_SOURCE bench/spopload.c bench/spopwire.c -o build/spopload -pthread
  *
  * Run: spopload -p PORT [-c CONNS] [-P DEPTH] [-t THREADS] [-d SECS | -n N]
- * [--tally] (spopload -h for all options). Exit status: 0 when requests
+ * [-r RATE] [--tally] (spopload -h for all options). Exit status: 0 when requests
  * completed without any error, 1 otherwise (protocol error, agent
  * disconnect, timeout, refused connection, unexpected close), 2 on a usage
  * error.
@@ -43,6 +43,7 @@
 #define NARGS 10
 #define TALLY_MAX 32			/* distinct values counted by --tally */
 #define TALLY_KEY_MAX 96		/* bytes of one formatted value */
+#define PACE_SLACK_NS 10000000ull	/* -r: unused sending credit kept, 10 ms */
 
 /* ---- options ---------------------------------------------------------- */
 
@@ -63,6 +64,8 @@ struct opts {
 	int verbose;
 	int tally;		/* --tally: count the "action" values of ACKs */
 	int settle;		/* --settle: answer each allowed request with llm-response */
+	double rate;		/* -r: NOTIFYs per second in all; 0 = as fast as answered */
+	uint64_t pace_ns;	/* -r: one NOTIFY per connection every pace_ns */
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 };
@@ -301,6 +304,7 @@ struct conn {
 	uint32_t max_frame;	/* negotiated frame size */
 	uint64_t state_since;
 	uint64_t retry_at;
+	uint64_t next_at;	/* -r: when this connection may send its next NOTIFY */
 };
 
 struct worker {
@@ -501,7 +505,33 @@ run_stopping(const struct opts *o, uint64_t now)
 	return o->total > 0 && atomic_load(&g_counted) >= o->total;
 }
 
-/* Queues NOTIFYs until `depth` are in flight. Returns -1 when dropped. */
+/*
+ * -r RATE: each connection sends its share, RATE / connections, one NOTIFY
+ * every pace_ns. Credit left unused for longer than PACE_SLACK_NS is lost,
+ * so that a stall (a reconnect, a slow answer, a full pipeline) is not
+ * followed by a burst, while the loop's millisecond wakeups can still send
+ * several NOTIFYs at once when the interval is shorter than that.
+ */
+static int
+pace_ready(const struct conn *c, uint64_t now)
+{
+	return c->w->o->pace_ns == 0 || now >= c->next_at;
+}
+
+static void
+pace_take(struct conn *c, uint64_t now)
+{
+	uint64_t ns = c->w->o->pace_ns;
+
+	if (ns == 0)
+		return;
+	if (c->next_at + PACE_SLACK_NS < now)
+		c->next_at = now - PACE_SLACK_NS;
+	c->next_at += ns;
+}
+
+/* Queues NOTIFYs until `depth` are in flight (and, with -r, while the
+ * connection has sending credit). Returns -1 when dropped. */
 static int
 conn_fill(struct conn *c, uint64_t now)
 {
@@ -517,7 +547,7 @@ conn_fill(struct conn *c, uint64_t now)
 
 	if (c->state != CONN_READY || run_stopping(o, now))
 		return 0;
-	while (c->inflight < c->depth && c->nfree > 0) {
+	while (c->inflight < c->depth && c->nfree > 0 && pace_ready(c, now)) {
 		if (tally_capped(o) && atomic_fetch_add(&g_tally_sent, 1) >= o->total)
 			break;
 		slot = c->free_slots[--c->nfree];
@@ -560,6 +590,7 @@ conn_fill(struct conn *c, uint64_t now)
 		c->slots[slot].fid = 1;
 		c->inflight++;
 		c->w->st.sent++;
+		pace_take(c, now);
 	}
 	return 0;
 }
@@ -777,6 +808,9 @@ conn_on_frame(struct conn *c, const struct spopwire_frame *f, uint64_t now)
 		c->wlen += (size_t)n;
 		s->fid = 2;
 		s->t_send = now;
+		/* Sent at once, as HAProxy would, but counted against -r:
+		 * the rate is of NOTIFY frames, as the throughput line is. */
+		pace_take(c, now);
 	} else {
 		s->sid = 0;
 		c->free_slots[c->nfree++] = slot;
@@ -919,6 +953,34 @@ conn_tick(struct conn *c, uint64_t now)
 
 /* ---- workers ---------------------------------------------------------- */
 
+/*
+ * -r: sends what is due on every ready connection with room in its pipeline
+ * (an ACK is not the only thing that lets a paced connection send), and
+ * returns the milliseconds until the next one is due (at most `tmo`), so
+ * that the loop wakes up in time instead of at its 10 ms tick.
+ */
+static int
+pace_poll(struct worker *w, uint64_t now, int tmo)
+{
+	uint64_t wait;
+	unsigned i;
+
+	for (i = 0; i < w->nconns; i++) {
+		struct conn *c = &w->conns[i];
+
+		if (c->state != CONN_READY || c->inflight >= c->depth || c->nfree == 0)
+			continue;
+		if (pace_ready(c, now) && (conn_fill(c, now) == -1 || conn_flush(c, now) == -1))
+			continue;
+		if (c->state != CONN_READY || c->inflight >= c->depth || c->next_at <= now)
+			continue;
+		wait = (c->next_at - now + 999999u) / 1000000u;
+		if (wait < (uint64_t)tmo)
+			tmo = (int)wait;
+	}
+	return tmo;
+}
+
 static void *
 worker_run(void *arg)
 {
@@ -939,6 +1001,8 @@ worker_run(void *arg)
 		tmo = 20;
 		if (t_end - now < 20000000u)
 			tmo = (int)((t_end - now) / 1000000u) + 1;
+		if (o->pace_ns > 0)
+			tmo = pace_poll(w, now, tmo);
 		n = epoll_wait(w->ep, evs, (int)(sizeof(evs) / sizeof(evs[0])), tmo);
 		if (n == -1 && errno != EINTR) {
 			errmsg("epoll_wait: %s", strerror(errno));
@@ -1033,6 +1097,9 @@ usage(FILE *out)
 		"                    (the run is then capped at -d, default 600 s)\n"
 		"  -w SECS           warmup, not measured (1)\n"
 		"  -u N              distinct users, drawn uniformly: user-0..user-N-1 (1)\n"
+		"  -r RATE           NOTIFY frames per second in all, paced evenly: each\n"
+		"                    connection sends RATE/N, llm-responses of --settle\n"
+		"                    included (0: as fast as the agent answers, the default)\n"
 		"  -m NAME           message name (llm-request)\n"
 		"  -T MS             timeout for connect, HELLO and each ACK (5000)\n"
 		"  --frame-size N    max-frame-size announced in HAPROXY-HELLO (16380)\n"
@@ -1103,7 +1170,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 	o->message = "llm-request";
 	o->frame_size = SPOPWIRE_DEFAULT_FRAME_SIZE;
 	o->timeout_ms = 5000;
-	while ((ch = getopt_long(argc, argv, "H:p:c:P:t:d:n:w:u:m:T:vh", longopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "H:p:c:P:t:d:n:w:u:r:m:T:vh", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'H': o->host = optarg; break;
 		case 'p':
@@ -1144,6 +1211,10 @@ parse_opts(int argc, char **argv, struct opts *o)
 				goto bad;
 			o->users = (unsigned)v;
 			break;
+		case 'r':
+			if (parse_secs(optarg, 0, &o->rate) == -1)
+				goto bad;
+			break;
 		case 'm':
 			if (strlen(optarg) > 255)
 				goto bad;
@@ -1175,6 +1246,11 @@ parse_opts(int argc, char **argv, struct opts *o)
 		o->duration = o->total > 0 ? 600 : 5;
 	if (o->threads > o->conns)
 		o->threads = o->conns;
+	if (o->rate > 0) {
+		double ns = (double)o->conns * 1e9 / o->rate;
+
+		o->pace_ns = ns < 1 ? 1 : ns > 3.6e12 ? (uint64_t)3.6e12 : (uint64_t)ns;
+	}
 	return 0;
 bad:
 	if (ch == 'F')
@@ -1245,6 +1321,8 @@ report(const struct opts *o, const struct stats *st, double window,
 		       st->agent_disconnects, st->timeouts, st->connect_errors,
 		       st->peer_closes, st->connects, st->sent, st->dropped, rate,
 		       mean, p50, p99, p999, max);
+		if (o->rate > 0)
+			printf(",\"rate_per_s\":%.1f", o->rate);
 		if (o->tally) {
 			qsort(tally->e, tally->n, sizeof(tally->e[0]), tally_cmp);
 			printf(",\"tally\":{");
@@ -1258,8 +1336,11 @@ report(const struct opts *o, const struct stats *st, double window,
 		printf("}\n");
 		return;
 	}
-	printf("target      %s:%s  connections %u  pipeline %u  threads %u  users %u\n",
+	printf("target      %s:%s  connections %u  pipeline %u  threads %u  users %u",
 	       o->host, o->port, o->conns, o->depth, o->threads, o->users);
+	if (o->rate > 0)
+		printf("  rate %.1f/s", o->rate);
+	printf("\n");
 	printf("window      %.3f s after %.3f s warmup\n", window, o->warmup);
 	printf("requests    %" PRIu64 " completed, %" PRIu64 " sent, %" PRIu64
 	       " dropped on reconnect\n", st->completed, st->sent, st->dropped);

@@ -4,7 +4,7 @@
 # root. Idempotent.
 set -eu
 PKGS="build-essential clang pkg-config libev-dev libsqlite3-dev sqlite3 libssl-dev openssl
-libcjson-dev libcmocka-dev haproxy python3 curl tzdata redis-server redis-tools wrk procps prometheus socat"
+libcjson-dev libcmocka-dev haproxy python3 curl tzdata redis-server redis-tools wrk procps prometheus socat valgrind"
 
 missing=""
 for p in $PKGS; do

@@ -7,6 +7,8 @@
 #   TG_FUZZ_SECONDS=60        optional: libFuzzer runs of the frame decoder and
 #                             the body scanner, that long each (needs
 #                             $TG_ASAN_BUILD/fuzz_frame, fuzz_body, fuzz_logline), 0 = skip
+#   TG_VALGRIND=1             optional: a few end-to-end suites again with the
+#                             agent under valgrind (tests/valgrind.sh, about 40 s)
 #   TG_ONLY=pattern           run only suites whose name contains pattern
 #
 # Each suite prints its own checks; its output goes to $TG_LOG_DIR and is
@@ -99,6 +101,9 @@ e2e "$B" ""
 if [ -n "$A" ]; then
 	unit "$A" " (asan)"
 	e2e "$A" " (asan)"
+fi
+if [ "${TG_VALGRIND:-0}" = 1 ]; then
+	run "valgrind/e2e (budget_limits, operations, basic)" env TG_BUILD="$B" sh tests/valgrind.sh
 fi
 if [ "$FUZZ" -gt 0 ] && [ -n "$A" ]; then
 	fuzzrun() {

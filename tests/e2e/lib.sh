@@ -37,6 +37,9 @@
 #   TG_HAPROXY_BIN  haproxy binary (default: haproxy from PATH)
 #   TG_SPOPRAW_BIN  raw SPOP client (default: build/spopraw)
 #   TG_WAIT_S       bound, in seconds, of each startup wait (default: 10)
+#   TG_STOP_S       bound, in seconds, between TERM and KILL when a process
+#                   is stopped (default: 5; tests/valgrind.sh raises it, as
+#                   the leak report is written only by a clean exit)
 #   TG_FAIL_MODE, TG_SPOE_PROCESSING_TIMEOUT, TG_BUFSIZE
 #                   passed through to haproxy.cfg (see its global section)
 #   TMPDIR          where the temporary directory is created (default /tmp)
@@ -59,6 +62,7 @@ TG_PYTHON=${TG_PYTHON:-/usr/bin/python3}
 TG_HAPROXY_BIN=${TG_HAPROXY_BIN:-haproxy}
 TG_MOCK_BIN=${TG_MOCK_BIN:-$TG_ROOT/tests/mock_provider.py}
 TG_WAIT_S=${TG_WAIT_S:-10}
+TG_STOP_S=${TG_STOP_S:-5}
 TG_AGENT_EXTERNAL=${TG_AGENT_PORT:+1}
 
 TG_PASSED=0
@@ -176,18 +180,19 @@ tg_alive() {
 	return 0
 }
 
-# tg_stop_pid PID: TERM, up to 5s to exit, then KILL; reaps it if it is ours.
+# tg_stop_pid PID: TERM, up to TG_STOP_S (5s) to exit, then KILL; reaps it
+# if it is ours.
 tg_stop_pid() {
 	tg__pid=$1
 	if tg_alive "$tg__pid"; then
 		kill -TERM "$tg__pid" 2>/dev/null
 		tg__i=0
-		while tg_alive "$tg__pid" && [ "$tg__i" -lt 50 ]; do
+		while tg_alive "$tg__pid" && [ "$tg__i" -lt $((TG_STOP_S * 10)) ]; do
 			sleep 0.1
 			tg__i=$((tg__i + 1))
 		done
 		if tg_alive "$tg__pid"; then
-			echo "# pid $tg__pid ignored TERM for 5s, sending KILL" >&2
+			echo "# pid $tg__pid ignored TERM for ${TG_STOP_S}s, sending KILL" >&2
 			kill -KILL "$tg__pid" 2>/dev/null
 			tg__i=0
 			while tg_alive "$tg__pid" && [ "$tg__i" -lt 20 ]; do
