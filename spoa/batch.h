@@ -80,7 +80,8 @@ struct batch {
 };
 
 struct batch *batch_new(void);
-/* Empties b, keeping its memory for the next use. */
+/* Empties b, keeping its memory for the next use, except arrays that grew
+ * past a few MB (a writer stall), which are given back. */
 void batch_reset(struct batch *b);
 void batch_free(struct batch *b);
 

@@ -1,6 +1,7 @@
 /* main: argv -> config -> listen -> signals -> loop. Nothing else. */
 #include <ev.h>
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -491,6 +492,13 @@ int main(int argc, char **argv)
 	/* The database holds usage and key HMACs: not for every local user. */
 	umask(027);
 
+#ifdef M_MMAP_THRESHOLD
+	/* Large arrays (flush batches after a writer stall) in their own
+	 * mappings, returned to the system when freed. A fixed threshold also
+	 * stops glibc from raising it after the first such free, which would
+	 * put them back on the heap, where they fragment it for good. */
+	mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
 	g.env.loop = ev_default_loop(EVFLAG_AUTO);
 	if (!g.env.loop) {
 		fprintf(stderr, "tokengate: cannot initialise libev\n");

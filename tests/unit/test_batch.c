@@ -132,12 +132,39 @@ static void test_merge_newest_wins(void **state)
 	batch_free(dst);
 }
 
+/* A reset keeps the arrays of an ordinary batch, and gives back those
+ * that grew past a few MB while the writer stalled. */
+static void test_reset_sheds_what_a_stall_grew(void **state)
+{
+	struct batch *b = batch_new();
+	size_t small_cap;
+
+	(void)state;
+	assert_non_null(b);
+	for (int i = 0; i < 100; i++)
+		assert_non_null(batch_add_audit(b));
+	small_cap = b->audit_cap;
+	batch_reset(b);
+	assert_int_equal(b->naudit, 0);
+	assert_int_equal(b->audit_cap, small_cap);
+	assert_non_null(b->audit);
+	for (int i = 0; i < 100000; i++)
+		assert_non_null(batch_add_audit(b));
+	assert_true(b->audit_cap * sizeof(*b->audit) > ((size_t)4 << 20));
+	batch_reset(b);
+	assert_int_equal(b->audit_cap, 0);
+	assert_null(b->audit);
+	assert_non_null(batch_add_audit(b)); /* and it grows again from scratch */
+	batch_free(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_add_keeps_names),
 		cmocka_unit_test(test_sort_is_key_order),
 		cmocka_unit_test(test_merge_newest_wins),
+		cmocka_unit_test(test_reset_sheds_what_a_stall_grew),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
