@@ -15,7 +15,7 @@ ROOT=$PWD
 SECS=${SCALE_SECONDS:-5}
 ROUNDS=${SCALE_ROUNDS:-3}
 COUNTS=${SCALE_USERS:-"1 1000 100000 1000000"}
-OUT=$ROOT/bench/results
+OUT=${BENCH_OUT:-$ROOT/bench/results}
 TMP=$(mktemp -d /tmp/tokengate-scale.XXXXXX)
 PIDS=()
 cleanup() {

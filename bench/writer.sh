@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 SECS=${WRITER_SECONDS:-60}
 USERS=${WRITER_USERS:-100000}
-OUT=$ROOT/bench/results
+OUT=${BENCH_OUT:-$ROOT/bench/results}
 TMP=$(mktemp -d /tmp/tokengate-writer.XXXXXX)
 PIDS=()
 cleanup() {
