@@ -38,7 +38,7 @@ struct engine {
 	double health_at;       /* last time every breaker was snapshotted */
 	double health_now;      /* the time of the snapshot being taken */
 	int64_t unhealthy_retry; /* Retry-After of the provider_unhealthy being refused */
-	size_t store_pending;    /* rows the writer has not written yet (engine_set_store_pending) */
+	size_t store_pending;    /* audit/prompt rows the writer has not written yet (engine_set_store_pending) */
 	struct engine_stats stats;
 };
 
@@ -333,24 +333,34 @@ static bool arg_bool(const struct spop_data *d)
 
 /* --- audit -------------------------------------------------------------- */
 
+/*
+ * A writer that cannot keep up (or a database that refuses writes) must
+ * not make audit and prompt rows eat all memory: once audit_backlog_max of
+ * them wait, new ones are dropped and counted. Usage rows never are: they
+ * coalesce per user-day, so they are bounded by the users anyway. The
+ * writer's share is refreshed at every flush tick, so the bound can be
+ * passed by one flush interval's rows.
+ */
+static bool backlog_full(struct engine *e)
+{
+	size_t waiting = e->batch->naudit + e->batch->nprompts + e->store_pending;
+
+	if (waiting < (size_t)e->cfg->audit_backlog_max)
+		return false;
+	if (e->stats.audit_dropped++ % 10000 == 0)
+		LOG_WARN("audit_log: %zu audit and prompt rows wait for the database (audit_backlog_max); dropping "
+			 "new ones, %llu so far (usage counters are kept)",
+			 waiting, (unsigned long long)e->stats.audit_dropped);
+	return true;
+}
+
 static struct batch_audit *audit_row(struct engine *e, double decided, const char *action,
 				     const char *reason, const char *outcome)
 {
 	struct batch_audit *a;
 
-	if (!e->cfg->audit_log)
+	if (!e->cfg->audit_log || backlog_full(e))
 		return NULL;
-	/* A writer that cannot keep up (or a database that refuses writes)
-	 * must not make the audit rows eat all memory: past the bound they
-	 * are dropped and counted. Usage rows never are: they coalesce per
-	 * user-day, so they are bounded by the users anyway. */
-	if (e->batch->naudit + e->store_pending >= (size_t)e->cfg->audit_backlog_max) {
-		if (e->stats.audit_dropped++ % 10000 == 0)
-			LOG_WARN("audit_log: %zu rows wait for the database (audit_backlog_max); dropping audit rows, "
-				 "%llu so far (usage counters are kept)",
-				 e->batch->naudit + e->store_pending, (unsigned long long)e->stats.audit_dropped);
-		return NULL;
-	}
 	a = batch_add_audit(e->batch);
 	if (!a) {
 		e->stats.audit_dropped++;
@@ -588,7 +598,7 @@ static void log_prompt(struct engine *e, struct ledger_resv *r, double now, stru
 {
 	struct batch_prompt *pr;
 
-	if (r->log_mode == POLICY_LOG_OFF)
+	if (r->log_mode == POLICY_LOG_OFF || backlog_full(e))
 		return;
 	pr = batch_add_prompt(e->batch);
 	if (!pr) {
@@ -845,12 +855,17 @@ static void finish(struct engine *e, struct ledger_resv *r, double now, const st
 	 * that (LR: fail-closed, a decision the client abandoned) is no
 	 * provider's doing. */
 	bool reached_server = end->tsc && end->tsc[0] && strchr("CHDL", end->tsc[1]) && end->tsc[1];
-	/* No answer from the provider, and not because the client left: a
-	 * server-side timeout, refusal or reset (s, S), or an answer HAProxy
-	 * had to reject as invalid (PH with its own 502), is the provider's. */
-	bool server_fault = end->tsc && (end->tsc[0] == 's' || end->tsc[0] == 'S' ||
-					 (!client_gone && end->tsc[0] != 'L' && reached_server &&
-					  end->provider_status < 0 && end->status >= 500));
+	/* A server-side timeout, refusal or reset (s, S) is the provider's,
+	 * even after its status line came (SD: reset while sending the body,
+	 * the client got a truncated answer). */
+	bool server_abort = end->tsc && (end->tsc[0] == 's' || end->tsc[0] == 'S');
+	/* So is an answer HAProxy rejected as invalid (PH): HAProxy answered
+	 * its own 502, which a route with a fallback has turned into a 200 by
+	 * the time the line is logged. */
+	bool invalid_answer = end->tsc && end->tsc[0] == 'P' && end->tsc[1] == 'H';
+	bool server_fault = server_abort || invalid_answer ||
+			    (!client_gone && end->tsc && end->tsc[0] != 'L' && reached_server &&
+			     end->provider_status < 0 && end->status >= 500);
 
 	/* Usage comes from a response body: bound it like any peer input.
 	 * No real answer reports more than this; a wild value must not wrap
@@ -859,13 +874,14 @@ static void finish(struct engine *e, struct ledger_resv *r, double now, const st
 		in = ENGINE_MAX_USAGE;
 	if (out > ENGINE_MAX_USAGE)
 		out = ENGINE_MAX_USAGE;
-	if (status >= 0) {
+	if (server_abort || (status < 0 && server_fault)) {
+		/* No (whole) answer: timeout, refused or reset on the provider's
+		 * side, or an answer HAProxy could not use. */
+		feed_breaker(e, r, end->backend, now, -1, 0, true);
+	} else if (status >= 0) {
 		/* The provider answered: its status is the verdict, even if the
 		 * client left while it was being sent. */
 		feed_breaker(e, r, end->backend, now, status, end->retry_after, false);
-	} else if (server_fault) {
-		/* No answer: timeout, refused or reset on the provider's side. */
-		feed_breaker(e, r, end->backend, now, -1, 0, true);
 	} else {
 		/* The client went away first, or nothing is known: no verdict. */
 		struct breaker *b = r->probe ? breaker_of(e, r->provider, now) : NULL;

@@ -124,8 +124,9 @@ struct batch *engine_take_batch(struct engine *e);
  * any other is freed). */
 void engine_recycle(struct engine *e, struct batch *b);
 
-/* Rows handed to the writer and not yet written (store_stats.pending_rows):
- * with the engine's own, they count against audit_backlog_max. */
+/* Audit and prompt rows handed to the writer and not yet written
+ * (store_stats.pending_log_rows): with the engine's own, they count against
+ * audit_backlog_max. */
 void engine_set_store_pending(struct engine *e, size_t rows);
 
 const struct engine_stats *engine_stats(const struct engine *e);

@@ -262,7 +262,7 @@ static void flush_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		struct store_stats st;
 
 		store_get_stats(g.store, &st);
-		engine_set_store_pending(g.env.engine, st.pending_rows);
+		engine_set_store_pending(g.env.engine, st.pending_log_rows);
 	}
 	w->repeat = (double)engine_policy(g.env.engine)->flush_interval_ms / 1000.0;
 	ev_timer_again(loop, w);

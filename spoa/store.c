@@ -87,7 +87,7 @@ struct store {
 	/* Submitted batches, oldest first. The loop only links them in; the
 	 * writer merges (coalesces) them, so the loop never pays for that. */
 	struct batch *pending, *pending_tail;
-	size_t pending_batches, pending_rows;
+	size_t pending_batches, pending_rows, pending_log_rows;
 	struct policy *ready;    /* for the loop */
 	struct policy *dispose;  /* chain through... a small array */
 	struct policy *dispose_list[8];
@@ -745,6 +745,12 @@ static size_t batch_rows(const struct batch *b)
 	return b ? b->nusage + b->naudit + b->nhealth + b->nprompts : 0;
 }
 
+/* The rows that grow with requests (usage rows coalesce per user-day). */
+static size_t batch_log_rows(const struct batch *b)
+{
+	return b ? b->naudit + b->nprompts : 0;
+}
+
 /* Writes carried (merged with what just came); keeps it on failure. */
 static void flush_carried(struct store *s)
 {
@@ -939,6 +945,7 @@ static void *writer_main(void *arg)
 		s->pending = s->pending_tail = NULL;
 		s->pending_batches = 0;
 		s->pending_rows = 0;
+		s->pending_log_rows = 0;
 		ndispose = s->ndispose;
 		memcpy(dispose, s->dispose_list, sizeof(dispose));
 		s->ndispose = 0;
@@ -972,6 +979,7 @@ static void *writer_main(void *arg)
 		}
 		pthread_mutex_lock(&s->mu);
 		s->stats.pending_rows = batch_rows(s->carried) + s->pending_rows;
+		s->stats.pending_log_rows = batch_log_rows(s->carried) + s->pending_log_rows;
 	}
 	return NULL;
 }
@@ -1022,7 +1030,9 @@ void store_submit(struct store *s, struct batch *b)
 	s->pending_tail = b;
 	s->pending_batches++;
 	s->pending_rows += batch_rows(b);
+	s->pending_log_rows += batch_log_rows(b);
 	s->stats.pending_rows = batch_rows(s->carried) + s->pending_rows;
+	s->stats.pending_log_rows = batch_log_rows(s->carried) + s->pending_log_rows;
 	pthread_cond_signal(&s->cv);
 	pthread_mutex_unlock(&s->mu);
 }

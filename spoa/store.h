@@ -48,6 +48,7 @@ struct store_stats {
 	uint64_t flush_hist[STORE_FLUSH_BUCKETS]; /* not cumulative */
 	size_t pending_batches;    /* submitted, not yet written */
 	size_t pending_rows;       /* rows waiting, retries included */
+	size_t pending_log_rows;   /* of those, audit and prompt rows */
 	int db_ok;                 /* the last write or load worked */
 	char last_error[160];
 };

@@ -804,16 +804,61 @@ static void test_log_lines_tell_timeouts_from_clients_gone(void **state)
 	}
 	engine_free(e);
 	/* An answer HAProxy rejected as invalid (PH, its own 502) is the
-	 * provider's fault. */
+	 * provider's fault, also once a fallback route has turned that 502
+	 * into a 200 for the client. */
 	e = engine_new(&cfg, routed_policy("computed"), NOON_UTC);
 	for (int i = 0; i < 3; i++) {
 		snprintf(uid, sizeof(uid), "i%d", i);
 		routed_request(e, NOON_UTC, uid, -1, &r);
 		assert_string_equal(r.backend, "provider_primary");
-		end_line(e, NOON_UTC + 1, uid, 502, -1, "PH--");
+		end_line(e, NOON_UTC + 1, uid, i == 0 ? 502 : 200, -1, "PH--");
 	}
 	routed_request(e, NOON_UTC + 2, "after-invalid", -1, &r);
 	assert_string_equal(r.backend, "provider_secondary");
+	engine_free(e);
+	/* A provider that resets while sending its body (SD, sD) failed,
+	 * although its status line said 200. */
+	e = engine_new(&cfg, routed_policy("computed"), NOON_UTC);
+	for (int i = 0; i < 3; i++) {
+		snprintf(uid, sizeof(uid), "d%d", i);
+		routed_request(e, NOON_UTC, uid, -1, &r);
+		assert_string_equal(r.backend, "provider_primary");
+		end_line(e, NOON_UTC + 1, uid, 200, 200, i == 1 ? "sD--" : "SD--");
+	}
+	routed_request(e, NOON_UTC + 2, "after-reset", -1, &r);
+	assert_string_equal(r.backend, "provider_secondary");
+	engine_free(e);
+}
+
+/* Prompt rows count against audit_backlog_max as audit rows do: with the
+ * database away, logged prompts must not grow memory without bound. */
+static void test_prompt_rows_bounded_by_backlog(void **state)
+{
+	struct policy *p = routed_policy("computed");
+	struct engine *e;
+	struct result r;
+	struct batch *b;
+	char uid[16];
+	long saved = cfg.audit_backlog_max;
+
+	(void)state;
+	assert_int_equal(policy_set_route_logging(p, "chat", "full", 7), 0);
+	e = engine_new(&cfg, p, NOON_UTC);
+	cfg.audit_backlog_max = 1000;
+	engine_set_store_pending(e, 996); /* 4 rows of room: 2 requests' audit + prompt */
+	for (int i = 0; i < 6; i++) {
+		snprintf(uid, sizeof(uid), "pl%d", i);
+		routed_request(e, NOON_UTC, uid, -1, &r);
+		assert_string_equal(r.action, "allow");
+		routed_response(e, NOON_UTC + 1, uid, "provider_primary", 200, 0);
+	}
+	b = engine_take_batch(e);
+	assert_non_null(b);
+	assert_int_equal(b->naudit + b->nprompts, 4);
+	assert_int_equal(b->nprompts, 2);
+	assert_int_equal(engine_stats(e)->audit_dropped, 8);
+	batch_free(b);
+	cfg.audit_backlog_max = saved;
 	engine_free(e);
 }
 
@@ -836,6 +881,7 @@ int main(void)
 		cmocka_unit_test(test_provider_429_closes_the_door_for_retry_after),
 		cmocka_unit_test(test_haproxy_view_and_unhealthy_fallbacks),
 		cmocka_unit_test(test_log_lines_tell_timeouts_from_clients_gone),
+		cmocka_unit_test(test_prompt_rows_bounded_by_backlog),
 	};
 
 	return cmocka_run_group_tests(tests, setup, NULL);
