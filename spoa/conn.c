@@ -604,6 +604,8 @@ static void conn_flush(struct conn *c)
 				/* TLS waiting for input: the read side calls
 				 * us again; a write watcher would spin. */
 				if (c->flags & CONN_F_WRITE_WANTS_READ) {
+					c->flags &= ~CONN_F_WRITING;
+					ev_io_stop(c->env->loop, &c->wio);
 					ev_io_start(c->env->loop, &c->rio);
 					return;
 				}
