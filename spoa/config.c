@@ -44,7 +44,7 @@ static const struct config_key keys[] = {
 	STR(log_level, "info", "error, warn, info or debug"),
 	BOOL(log_syslog, "false", "log to syslog instead of stderr"),
 	BOOL(audit_log, "true", "write one audit_log row per decided request"),
-	INT(audit_backlog_max, 1000, 100000000, "200000", "audit rows that may wait for the database (a slow or full disk, a writer behind the loop); beyond, new audit rows are dropped and counted, usage counters never are"),
+	INT(audit_backlog_max, 1000, 100000000, "100000", "audit and prompt rows that may wait for the database (a slow or full disk, a writer behind the loop; about 600 bytes each, up to twice that while an array doubles); beyond, new ones are dropped and counted, usage counters never are"),
 	BOOL(ack_only, "false", "benchmark baseline: answer every NOTIFY with an empty decision, no budgets, no database writes"),
 	INT(purge_interval_s, 1, 86400, "60", "how often rows past their retention (audit_log, prompt_log) are deleted"),
 	INT(db_poll_ms, 50, 60000, "250", "how often the database is checked for operators' changes (limits, keys, settings)"),

@@ -8,8 +8,9 @@
 # /metrics (tokengate_db_up 0, tokengate_db_flush_errors_total) and by
 # /healthz (503 with the reason); once it clears, /healthz is 200 again and
 # daily_usage equals the provider's usage to the token: nothing was lost.
-# It needs `unshare -m` and `nsenter` (util-linux; root) and is skipped,
-# saying so, without them. (A database moved away or chmod-ed while the agent
+# It needs `unshare -m` and `nsenter` (util-linux; root). Without them it
+# says so and runs no check, which tests/run.sh reports as a failure: CI
+# must not pass without having filled a disk. (A database moved away or chmod-ed while the agent
 # runs is no fault: SQLite keeps writing through its open files.)
 # Run from anywhere: sh tests/e2e/test_db_faults.sh
 
@@ -40,8 +41,8 @@ errors_above() { [ "$(metric tokengate_db_flush_errors_total)" -gt "$1" ]; }
 log_has() { grep -qE "$1" "$TG_TMP/agent.log"; }
 usage_matches() { tg_usage_matches_mock "$1"; }
 
-# fault_then_clear LABEL USER REASON-ERE CLEAR-COMMAND...: the checks common to A and B,
-# with the fault already in place.
+# fault_then_clear LABEL USER REASON-ERE CLEAR-COMMAND...: the checks, with
+# the fault already in place.
 fault_then_clear() {
 	label=$1
 	user=$2
