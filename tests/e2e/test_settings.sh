@@ -56,4 +56,31 @@ tg_assert_eq 0 "$?" "--check on a fresh database: exit 0"
 tg_assert_match "*configuration and database $D/good.db OK*" "$out" "--check says what it checked"
 tg_assert_eq 600 "$(stat -c %a "$D/good.db.secret")" "the secret it created is mode 0600"
 
+# ---- listeners: loopback admin, admin token, unix socket mode ------------------
+refused 1 "admin_listen: 0.0.0.0:0 is not a loopback address (set admin_allow_public = true)" \
+	"an admin listener on a public address" --db "$D/a2.db" --admin-listen 0.0.0.0:0
+SOCK=$D/spop.sock
+tg_start_agent --listen "$SOCK" --unix-socket-mode 0600 --admin-token tok-e2e-0123456789 ||
+	tg_bail "agent with a unix socket listener did not start"
+tg_poll 5 test -S "$SOCK" || tg_fail "no unix socket at $SOCK"
+tg_assert_eq "srw-------" "$(stat -c %A "$SOCK")" "unix socket listener created with unix_socket_mode 0600"
+hello=$("$TG_PYTHON" -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(3)
+s.connect(sys.argv[1])
+# HAPROXY-HELLO: supported-versions "2.0", max-frame-size 16380, capabilities ""
+items = b"\x12supported-versions\x08\x032.0" + b"\x0emax-frame-size\x03\xfc\xf0\x03" + b"\x0ccapabilities\x08\x00"
+frame = b"\x01\x00\x00\x00\x01\x00\x00" + items
+s.sendall(len(frame).to_bytes(4, "big") + frame)
+hdr = s.recv(4)
+body = s.recv(int.from_bytes(hdr, "big"))
+print("agent-hello" if body[:1] == b"\x65" else "other %r" % body[:1])' "$SOCK" 2>&1)
+tg_assert_eq agent-hello "$hello" "a HAPROXY-HELLO over the unix socket gets an AGENT-HELLO"
+code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" "http://127.0.0.1:$TG_ADMIN_PORT/metrics"; }
+tg_assert_eq 401 "$(code)" "admin_token set: /metrics without a token is 401"
+tg_assert_eq 401 "$(code -H 'authorization: Bearer wrong')" "  with a wrong token 401"
+tg_assert_eq 200 "$(code -H 'authorization: Bearer tok-e2e-0123456789')" "  with the token 200"
+tg_stop_agent
+tg_assert_eq "" "$(test -e "$SOCK" && echo left)" "the unix socket is removed when the agent stops"
+
 tg_done

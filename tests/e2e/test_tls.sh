@@ -100,6 +100,10 @@ tg_assert_eq 0 "$?" "--check with good TLS files passes"
 out=$("$AGENT" --check --db "$TG_TMP/check.db" --tls-cert "$P/agent.pem" --tls-key "$P/open.key" 2>&1)
 tg_assert_eq 2 "$?" "--check loads the TLS files (a world-readable key fails it)"
 
+out=$(TG_AGENT_TLS=Yes "$TG_HAPROXY_BIN" -c -f "$TG_ROOT/haproxy-conf/haproxy.cfg" 2>&1)
+tg_assert_eq 1 "$?" "haproxy.cfg: TG_AGENT_TLS=Yes (neither yes nor no) refuses to start"
+tg_assert_match "*TG_AGENT_TLS must be 'yes' or 'no'*" "$out" "  saying so"
+
 # ---- 2. HAProxy over TLS ------------------------------------------------------
 tg_start_mock primary ok || tg_bail "mock provider did not start"
 # shellcheck disable=SC2086  # TLS_ARGS are words
