@@ -16,6 +16,8 @@
 #      fail-open answers marked; the agent restarted on the same port:
 #      HAProxy reconnects by itself and the counters come back from the
 #      database (within one flush interval of the kill).
+#   6. The same kill -9 with TG_FAIL_MODE=closed: 503 error-closed within the
+#      processing timeout while the agent is dead, decisions after a restart.
 # The hostile peers are a Python script (standard library, its own SPOP
 # encoder) written to the test's temporary directory. Run from anywhere:
 #   sh tests/e2e/test_hostile.sh
@@ -770,6 +772,53 @@ else
 	tg_fail "the restarted agent died"
 fi
 [ "$OLD_AGENT" != "$TG_AGENT_PID" ] || tg_fail "the agent was not restarted"
+
+# ==== 6. the same kill -9 with TG_FAIL_MODE=closed ===========================
+# Budgets first: while the agent is dead every request gets HAProxy's 503
+# (x-llm-gate: error-closed), each within the processing timeout, none hangs;
+# after a restart HAProxy reconnects by itself and decisions come back.
+TG_FAIL_MODE=closed
+export TG_FAIL_MODE
+tg_restart_haproxy || tg_bail "haproxy (fail-closed) did not start"
+rm -f "$TG_TMP/load.stop"
+echo kill-w >"$TG_TMP/load.user"
+: >"$TG_TMP/load.out"
+seq 1 4 | timeout 90 xargs -P 4 -n 1 sh "$TG_TMP/worker.sh" "$TG_TMP" "$TG_URL" 2>>"$TG_TMP/curl.log" &
+XARGS=$!
+tg__track "$XARGS" load
+tg_poll 10 allowed_lines 50 || echo "# only $(grep -c ' d=allow/ok ' "$TG_TMP/load.out") allowed answers after 10 s"
+KILL_MS=$(tg_now_ms)
+kill -KILL "$TG_AGENT_PID"
+tg_stop_pid "$TG_AGENT_PID"
+sleep 1.5
+RESTART_MS=$(tg_now_ms)
+rm -f "$TG_TMP/agent3.port"
+"$AGENT" --listen "127.0.0.1:$TG_AGENT_PORT" --port-file "$TG_TMP/agent3.port" \
+	--admin-listen 127.0.0.1:0 --log-socket "$TG_AGENT_LOG" --pid-file "$TG_TMP/agent.pid" --db "$TG_DB" \
+	>>"$TG_TMP/agent.log" 2>&1 &
+TG_AGENT_PID=$!
+tg__track "$TG_AGENT_PID" agent
+tg__wait_port_file "$TG_TMP/agent3.port" "$TG_AGENT_PID" >/dev/null || tg_bail "the agent did not restart (fail-closed)"
+if tg_poll 6 decided_again; then
+	tg_ok "fail-closed: after the restart HAProxy reconnected by itself and decides again"
+else
+	tg_fail "fail-closed: answers carry x-llm-decision again within 6 s of the restart"
+fi
+sleep 0.3
+: >"$TG_TMP/load.stop"
+tg_wait_exit "$XARGS" 15 || { tg_fail "fail-closed: the load did not end within 15 s of the stop"; tg_stop_pid "$XARGS"; }
+L=$TG_TMP/load.out
+slow=$(awk -v b="$BOUND_S" '$4 + 0 >= b' "$L" | head -n 5)
+tg_assert_eq "" "$slow" "fail-closed kill -9: every request finished within ${BOUND_S} s ($(wc -l <"$L" | tr -d ' ') requests)"
+fc=$(awk '$5 == "d=" && $6 == "g=error-closed" && $3 == 503' "$L" | wc -l | tr -d ' ')
+other=$(awk '!($5 == "d=allow/ok" && $3 == 200) && !($5 == "d=" && $6 == "g=error-closed" && $3 == 503)' "$L" | head -n 3)
+if [ "$fc" -gt 0 ] && [ -z "$other" ]; then
+	tg_ok "fail-closed kill -9: undecided requests got 503 with x-llm-gate: error-closed ($fc), the others were decided"
+else
+	tg_fail "fail-closed kill -9: 503 error-closed or a decision, nothing else" "error-closed: $fc" "other: $other"
+fi
+late=$(awk -v k="$KILL_MS" -v r="$RESTART_MS" '$1 > k + 50 && $2 < r && $5 != "d="' "$L" | head -n 3)
+tg_assert_eq "" "$late" "fail-closed kill -9: no decision is claimed while the agent is dead"
 
 echo "# took $((($(tg_now_ms) - T_START) / 1000)) s"
 tg_done
