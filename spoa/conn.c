@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -550,6 +552,35 @@ static ssize_t conn_send(struct conn *c, const void *buf, size_t n)
 	return r > 0 ? (ssize_t)r : tls_result(c, r, false);
 }
 
+/* "from ADDR:PORT" of a TCP peer, for the lines that tell an operator who
+ * was refused; "" for a unix socket or when it cannot be had. */
+static const char *peer_str(const struct conn *c, char *buf, size_t size)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char host[INET6_ADDRSTRLEN];
+	int port;
+
+	buf[0] = '\0';
+	if (getpeername(c->fd, (struct sockaddr *)&ss, &len) == -1)
+		return buf;
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+
+		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		port = ntohs(in->sin_port);
+	} else if (ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		port = ntohs(in6->sin6_port);
+	} else {
+		return buf;
+	}
+	snprintf(buf, size, " from %s:%d", host, port);
+	return buf;
+}
+
 /*
  * Advances the TLS handshake: 1 once it is done, 0 while it waits for the
  * peer (the watchers are set for what it waits on), -1 when it failed and
@@ -558,7 +589,7 @@ static ssize_t conn_send(struct conn *c, const void *buf, size_t n)
  */
 static int conn_handshake(struct conn *c)
 {
-	char why[256];
+	char why[256], peer[80];
 	int r;
 
 	ERR_clear_error();
@@ -585,10 +616,12 @@ static int conn_handshake(struct conn *c)
 	c->env->stats.tls_handshake_failures++;
 	tls_error_string(why, sizeof(why), "the peer closed the connection");
 	if (SSL_get_verify_result(c->ssl) != X509_V_OK)
-		LOG_INFO("conn %llu: TLS handshake failed: client certificate: %s (%s)", (unsigned long long)c->id,
-			 X509_verify_cert_error_string(SSL_get_verify_result(c->ssl)), why);
+		LOG_INFO("conn %llu%s: TLS handshake failed: client certificate: %s (%s)", (unsigned long long)c->id,
+			 peer_str(c, peer, sizeof(peer)), X509_verify_cert_error_string(SSL_get_verify_result(c->ssl)),
+			 why);
 	else
-		LOG_INFO("conn %llu: TLS handshake failed: %s", (unsigned long long)c->id, why);
+		LOG_INFO("conn %llu%s: TLS handshake failed: %s", (unsigned long long)c->id,
+			 peer_str(c, peer, sizeof(peer)), why);
 	conn_close(c);
 	return -1;
 }
@@ -735,9 +768,12 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	switch (c->state) {
 	case CONN_HELLO:
 		if (c->flags & CONN_F_HANDSHAKE) {
+			char peer[80];
+
 			/* No TLS channel to say it on: just close. */
 			c->env->stats.tls_handshake_failures++;
-			LOG_INFO("conn %llu: TLS handshake not finished within hello_timeout_ms", (unsigned long long)c->id);
+			LOG_INFO("conn %llu%s: TLS handshake not finished within hello_timeout_ms",
+				 (unsigned long long)c->id, peer_str(c, peer, sizeof(peer)));
 			conn_close(c);
 			break;
 		}
