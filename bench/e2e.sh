@@ -63,6 +63,8 @@ CFG=$ROOT/bench/haproxy-bench.cfg
 SPOE_CONF=$ROOT/haproxy-conf/tokengate.spoe.conf
 
 say() { printf '%s\n' "bench e2e: $*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 die() {
 	say "error: $*"
 	exit 1
@@ -96,56 +98,12 @@ TICK=$(getconf CLK_TCK)
 
 # ---- processes -----------------------------------------------------------
 
-alive() {
-	local st
-	st=$(sed -n 's/^[0-9]* (.*) \([A-Za-z]\) .*/\1/p' "/proc/$1/stat" 2>/dev/null)
-	[ -n "$st" ] && [ "$st" != Z ]
-}
-forget() {
-	local p n=""
-	for p in $PIDS; do [ "$p" = "$1" ] || n="$n $p"; done
-	PIDS=$n
-}
-stop() { # pid [signal]
-	local pid=$1 sig=${2:-TERM} i=0
-	{
-		kill -s "$sig" "$pid"
-		while alive "$pid" && [ $i -lt 200 ]; do
-			sleep 0.05
-			i=$((i + 1))
-		done
-		alive "$pid" && kill -s KILL "$pid"
-		wait "$pid"
-	} 2>/dev/null
-	forget "$pid"
-}
 cleanup() {
-	local p
-	{
-		for p in $PIDS; do kill -s KILL "$p"; done
-		for p in $PIDS; do wait "$p"; done
-	} 2>/dev/null
-	PIDS=""
+	stop_all KILL 2
 	if [ "${BENCH_KEEP:-0}" = 1 ]; then say "scratch kept in $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
-
-wait_port_file() { # file pid
-	local i=0 p
-	while [ $i -lt 400 ]; do
-		p=$(cat "$1" 2>/dev/null)
-		case $p in '' | *[!0-9]*) ;; *)
-			echo "$p"
-			return 0
-			;;
-		esac
-		alive "$2" || return 1
-		sleep 0.05
-		i=$((i + 1))
-	done
-	return 1
-}
 
 # A port nothing listens on (HAProxy cannot report a port 0 binding).
 free_port() {
@@ -168,34 +126,6 @@ cpu_us() { # pid [tid]
 	[ -n "${2:-}" ] && f=/proc/$1/task/$2/stat
 	awk -v t="$TICK" '{ sub(/^.*\) /, ""); printf "%.0f\n", ($12 + $13) * 1e6 / t }' "$f" 2>/dev/null || echo 0
 }
-# Finer, for idle detection only: ns from schedstat, all threads.
-cpu_ns() {
-	local f s=0 t
-	for f in /proc/"$1"/task/*/schedstat; do
-		read -r t _ <"$f" 2>/dev/null && s=$((s + t))
-	done
-	echo "$s"
-}
-# Until the process uses under 5 % of a CPU over 0.2 s (the writer thread
-# has caught up), at most $2 seconds.
-wait_idle() { # pid max-seconds
-	local i=0 c0 c1 n=$(($2 * 5))
-	[ -r "/proc/$1/task/$1/schedstat" ] || {
-		sleep 0.5
-		return 0
-	}
-	c0=$(cpu_ns "$1")
-	while [ $i -lt $n ]; do
-		sleep 0.2
-		c1=$(cpu_ns "$1")
-		[ $((c1 - c0)) -lt 10000000 ] && return 0
-		c0=$c1
-		i=$((i + 1))
-	done
-	say "note: pid $1 still busy after $2 s"
-}
-
-jnum() { sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p" "$2" | head -n 1; }
 
 CMDS=$TMP/commands.txt
 : >"$CMDS"
@@ -212,11 +142,9 @@ pid=$!
 PIDS="$PIDS $pid"
 wait_port_file "$TMP/base/port" "$pid" >/dev/null || die "tokengate did not start: $(tail -n 5 "$TMP/base/log")"
 stop "$pid" TERM
-sqlite3 "$TMP/base.db" "UPDATE tiers SET daily_tokens = NULL, daily_requests = NULL, daily_cost_usd = NULL;" ||
-	die "cannot lift the limits"
+lift_limits "$TMP/base.db" || die "cannot lift the limits"
 cp "$TMP/base.db" "$TMP/users.db" && cp -p "$TMP/base.db.secret" "$TMP/users.db.secret" || die "cp"
-sqlite3 "$TMP/users.db" "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $USERS - 1)
-	INSERT INTO daily_usage(day, user_id) SELECT date('now'), 'user-' || i FROM n;" || die "cannot preload users"
+preload_users "$TMP/users.db" "$USERS" || die "cannot preload users"
 cmd_note "sqlite3 DB \"UPDATE tiers SET daily_tokens = NULL, daily_requests = NULL, daily_cost_usd = NULL\"; $USERS rows of today in daily_usage (user-0..user-$((USERS - 1)))"
 
 copy_db() { # src dst

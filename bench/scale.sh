@@ -17,14 +17,17 @@ ROUNDS=${SCALE_ROUNDS:-3}
 COUNTS=${SCALE_USERS:-"1 1000 100000 1000000"}
 OUT=${BENCH_OUT:-$ROOT/bench/results}
 TMP=$(mktemp -d /tmp/tokengate-scale.XXXXXX)
-PIDS=()
+say() { echo "scale.sh: $*" >&2; }
+die() { say "$*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+PIDS=""
 cleanup() {
-	for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+	stop_all KILL 2
 	rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-die() { echo "scale.sh: $*" >&2; exit 1; }
 for b in tokengate spopload; do
 	[ -x "build/$b" ] || die "build/$b missing (make)"
 	cp "build/$b" "$TMP/$b"
@@ -32,15 +35,12 @@ done
 command -v sqlite3 >/dev/null || die "sqlite3 missing (apt-get install sqlite3)"
 
 "$TMP/tokengate" --check --db "$TMP/base.db" >/dev/null 2>&1 || die "cannot create the base database"
-sqlite3 "$TMP/base.db" "UPDATE tiers SET daily_tokens = NULL, daily_requests = NULL, daily_cost_usd = NULL;" ||
-	die "cannot lift the limits"
+lift_limits "$TMP/base.db" || die "cannot lift the limits"
 for n in $COUNTS; do
 	cp "$TMP/base.db" "$TMP/u$n.db"
 	cp -p "$TMP/base.db.secret" "$TMP/u$n.db.secret"
-	sqlite3 "$TMP/u$n.db" "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $n - 1)
-		INSERT INTO daily_usage(day, user_id) SELECT date('now'), 'user-' || i FROM n;" || die "cannot preload $n users"
+	preload_users "$TMP/u$n.db" "$n" || die "cannot preload $n users"
 done
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
 
 printf 'round\tusers\tnotify_per_s\trss_start_kb\trss_end_kb\terrors\n' >"$TMP/runs.tsv"
 for round in $(seq 1 "$ROUNDS"); do
@@ -52,17 +52,15 @@ for round in $(seq 1 "$ROUNDS"); do
 		"$TMP/tokengate" --listen 127.0.0.1:0 --port-file "$TMP/port" --admin-listen '' --log-socket '' \
 			--log-level warn --audit-log false --db "$db" >>"$TMP/agent.log" 2>&1 &
 		agent=$!
-		PIDS+=("$agent")
-		for _ in $(seq 300); do [ -s "$TMP/port" ] && break; sleep 0.1; done
-		[ -s "$TMP/port" ] || die "agent did not start ($n users): $(tail -3 "$TMP/agent.log")"
+		PIDS="$PIDS $agent"
+		port=$(wait_port_file "$TMP/port" "$agent") || die "agent did not start ($n users): $(tail -3 "$TMP/agent.log")"
 		r0=$(rss_kb "$agent")
-		"$TMP/spopload" -p "$(cat "$TMP/port")" -c 4 -P 16 -u "$n" --settle -w 1 -d "$SECS" --json \
+		"$TMP/spopload" -p "$port" -c 4 -P 16 -u "$n" --settle -w 1 -d "$SECS" --json \
 			>"$TMP/load.json" 2>>"$TMP/load.err" || echo "scale.sh: spopload failed ($n users)" >&2
 		r1=$(rss_kb "$agent")
-		kill -KILL "$agent" 2>/dev/null
-		wait "$agent" 2>/dev/null
-		nps=$(sed -n 's/.*"notify_per_s":\([0-9.]*\).*/\1/p' "$TMP/load.json")
-		errs=$(sed -n 's/.*"errors":\([0-9]*\).*/\1/p' "$TMP/load.json")
+		stop "$agent" KILL
+		nps=$(jnum notify_per_s "$TMP/load.json")
+		errs=$(jnum errors "$TMP/load.json")
 		printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$n" "${nps:-0}" "$r0" "$r1" "${errs:--}" >>"$TMP/runs.tsv"
 		echo "round $round, $n users: ${nps:-?} NOTIFY/s, RSS $r0 -> $r1 kB"
 	done

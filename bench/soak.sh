@@ -45,6 +45,8 @@ CHURN_RATE=400 # NOTIFY/s of each 1 s burst: extra work, not part of the rate
 PY=${SOAK_PYTHON:-/usr/bin/python3}
 
 say() { printf '%s\n' "soak: $*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 die() {
 	say "error: $*"
 	exit 1
@@ -68,56 +70,12 @@ git -C "$ROOT" diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT (uncommitted cha
 # ---- processes -----------------------------------------------------------
 
 PIDS=""
-alive() { # PID: running (not gone, not a zombie)
-	local st
-	st=$(sed -n 's/^[0-9]* (.*) \([A-Za-z]\) .*/\1/p' "/proc/$1/stat" 2>/dev/null)
-	[ -n "$st" ] && [ "$st" != Z ]
-}
-forget() {
-	local p n=""
-	for p in $PIDS; do [ "$p" = "$1" ] || n="$n $p"; done
-	PIDS=$n
-}
-# stop PID [SECONDS]: TERM, up to SECONDS (10) to exit, then KILL; reaps it
-# and sets STOP_RC to its exit status.
-stop() {
-	local pid=$1 i=0 n=$((${2:-10} * 20))
-	{
-		kill -s TERM "$pid"
-		while alive "$pid" && [ $i -lt $n ]; do
-			sleep 0.05
-			i=$((i + 1))
-		done
-		alive "$pid" && say "pid $pid still running after ${2:-10} s: KILL" && kill -s KILL "$pid"
-		wait "$pid"
-		STOP_RC=$?
-	} 2>/dev/null
-	forget "$pid"
-}
 cleanup() {
-	local p rev=""
-	for p in $PIDS; do rev="$p $rev"; done # last started first
-	for p in $rev; do stop "$p" 5; done
+	stop_all TERM 5
 	if [ "${SOAK_KEEP:-0}" = 1 ] || [ "${KEEP_TMP:-0}" = 1 ]; then say "scratch kept in $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 trap 'say interrupted; exit 130' INT TERM HUP
-
-wait_file_num() { # FILE PID: the number in FILE once written (20 s bound)
-	local i=0 v
-	while [ $i -lt 400 ]; do
-		v=$(cat "$1" 2>/dev/null)
-		case $v in '' | *[!0-9]*) ;; *)
-			echo "$v"
-			return 0
-			;;
-		esac
-		alive "$2" || return 1
-		sleep 0.05
-		i=$((i + 1))
-	done
-	return 1
-}
 
 # start_agent DIR DB: a tokengate with its defaults (audit log on), the admin
 # listener and the log socket on loopback / in DIR. Sets TG_PID, TG_PORT,
@@ -131,16 +89,14 @@ start_agent() {
 		--db "$db" 2>>"$dir/tokengate.log" &
 	TG_PID=$!
 	PIDS="$PIDS $TG_PID"
-	TG_PORT=$(wait_file_num "$dir/port" "$TG_PID") &&
-		ADMIN_PORT=$(wait_file_num "$dir/admin.port" "$TG_PID") ||
+	TG_PORT=$(wait_port_file "$dir/port" "$TG_PID") &&
+		ADMIN_PORT=$(wait_port_file "$dir/admin.port" "$TG_PID") ||
 		die "tokengate did not start: $(tail -n 5 "$dir/tokengate.log")"
 }
 
 # ---- measurements --------------------------------------------------------
 
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
 nfds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
-jnum() { sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p" "$2"; }
 now_ms() { date +%s%3N; }
 scrape() { # FILE: the agent's /metrics, fails unless 200
 	[ "$(curl -s --max-time 5 -o "$1" -w '%{http_code}' "http://127.0.0.1:$ADMIN_PORT/metrics" 2>/dev/null)" = 200 ]
@@ -171,14 +127,11 @@ wait_writer() {
 
 say "scratch $TMP; $SECS s under load${SOAK_RATE:+ at $SOAK_RATE NOTIFY/s}, warm-up $WARM s, samples every $STEP s"
 start_agent "$TMP/base" "$TMP/base.db"
-stop "$TG_PID" 30
+stop "$TG_PID" TERM 30
 # Limits lifted (as bench/run does) so that the decisions stay the same
 # mix for the whole run: budgets running out half way would change what is
 # measured. The operator's UPDATE below toggles a limit nobody reaches.
-sqlite3 "$TMP/base.db" "UPDATE tiers SET daily_tokens = NULL, daily_requests = NULL, daily_cost_usd = NULL;
-	WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $USERS - 1)
-	INSERT INTO daily_usage(day, user_id) SELECT date('now'), 'user-' || i FROM n;" ||
-	die "cannot prepare $TMP/base.db"
+lift_limits "$TMP/base.db" && preload_users "$TMP/base.db" "$USERS" || die "cannot prepare $TMP/base.db"
 copy_db() { cp "$TMP/base.db" "$1" && cp -p "$TMP/base.db.secret" "$1.secret"; }
 
 # ---- the top rate, on a fresh agent of its own --------------------------------
@@ -229,7 +182,7 @@ else
 	echo "build/spopload -p PORT -c $CONNS -P $DEPTH -u $USERS -r $((WRITER_EST * 2)) -d 10 -w 0 --settle --json   (probe of the writer, same agent once it caught up)" >>"$CMDS"
 	WRITER_ROWS=$(rows_per_s "$TMP/m.p2.txt" "$TMP/m.p3.txt" $((p3 - p2)))
 	PROBE2_PENDING=$(m "$TMP/m.p3.txt" tokengate_db_pending_rows)
-	stop "$TG_PID" 60
+	stop "$TG_PID" TERM 60
 	WRITER_TOP=$((WRITER_ROWS * 2))
 	TOP=$(awk -v a="$SPOP_TOP" -v b="$WRITER_TOP" 'BEGIN { printf "%.0f", a < b ? a : b }')
 	RATE=$(awk -v t="$TOP" 'BEGIN { printf "%.0f", t / 2 }')
@@ -386,10 +339,10 @@ if [ -z "$failed_early" ]; then
 		i=$((i + 1))
 	done
 fi
-stop "$LOAD_PID" 5
+stop "$LOAD_PID" TERM 5
 LOAD_RC=$STOP_RC
-stop "$CHURN_PID" 10
-stop "$OPS_PID" 10
+stop "$CHURN_PID" TERM 10
+stop "$OPS_PID" TERM 10
 T_RUN=$((($(now_ms) - T0) / 1000))
 
 idle_ok=0 i=0
@@ -409,7 +362,7 @@ HEALTH=$(curl -s --max-time 5 -o "$TMP/healthz.end" -w '%{http_code}' "http://12
 FINAL_RC=$?
 [ -f "$TMP/m.end.txt" ] || : >"$TMP/m.end.txt"
 scrape "$TMP/m.final.txt" || cp "$TMP/m.end.txt" "$TMP/m.final.txt"
-stop "$AGENT" 60
+stop "$AGENT" TERM 60
 AGENT_RC=$STOP_RC
 
 # ---- verdict -------------------------------------------------------------------

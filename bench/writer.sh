@@ -18,16 +18,17 @@ SECS=${WRITER_SECONDS:-60}
 USERS=${WRITER_USERS:-100000}
 OUT=${BENCH_OUT:-$ROOT/bench/results}
 TMP=$(mktemp -d /tmp/tokengate-writer.XXXXXX)
-PIDS=()
+say() { echo "writer.sh: $*" >&2; }
+die() { say "$*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+PIDS=""
 cleanup() {
-	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-	sleep 0.2
-	for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+	stop_all KILL 2
 	rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-die() { echo "writer.sh: $*" >&2; exit 1; }
 for b in tokengate spopload writerbench; do
 	[ -x "build/$b" ] || die "build/$b missing (make)"
 	cp "build/$b" "$TMP/$b" # a rebuild during the run changes nothing
@@ -43,23 +44,19 @@ rm -f "$TMP"/store.db* "$TMP"/plain.db*
 echo "== sustained: audit log on, $USERS users, ${SECS} s at the loop's top rate"
 DB=$TMP/sustained.db
 "$TMP/tokengate" --check --db "$DB" >/dev/null 2>&1 || die "cannot create $DB"
-sqlite3 "$DB" "UPDATE tiers SET daily_tokens = NULL, daily_requests = NULL, daily_cost_usd = NULL;
-	WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $USERS - 1)
-	INSERT INTO daily_usage(day, user_id) SELECT date('now'), 'user-' || i FROM n;" || die "cannot prepare $DB"
+lift_limits "$DB" && preload_users "$DB" "$USERS" || die "cannot prepare $DB"
 "$TMP/tokengate" --listen 127.0.0.1:0 --port-file "$TMP/port" --admin-listen 127.0.0.1:0 \
 	--admin-port-file "$TMP/aport" --log-socket '' --log-level warn --db "$DB" >"$TMP/agent.log" 2>&1 &
 AGENT=$!
-PIDS+=("$AGENT")
-for _ in $(seq 100); do [ -s "$TMP/aport" ] && [ -s "$TMP/port" ] && break; sleep 0.1; done
-[ -s "$TMP/aport" ] || die "agent did not start: $(cat "$TMP/agent.log")"
-PORT=$(cat "$TMP/port")
-APORT=$(cat "$TMP/aport")
+PIDS="$PIDS $AGENT"
+PORT=$(wait_port_file "$TMP/port" "$AGENT") && APORT=$(wait_port_file "$TMP/aport" "$AGENT") ||
+	die "agent did not start: $(cat "$TMP/agent.log")"
 metric() { # NAME: its value in /metrics now
 	curl -s --max-time 2 "http://127.0.0.1:$APORT/metrics" | awk -v n="$1" '$1 == n { print $2; exit }'
 }
 "$TMP/spopload" -p "$PORT" -c 4 -P 16 -u "$USERS" --settle -w 0 -d "$SECS" --json >"$TMP/load.json" 2>"$TMP/load.err" &
 LOAD=$!
-PIDS+=("$LOAD")
+PIDS="$PIDS $LOAD"
 printf 't_s\tnotify_per_s\tpending_rows\tflushes\n' >"$TMP/samples.tsv"
 n0=$(metric tokengate_spop_notify_total)
 f0=$(metric tokengate_db_flush_duration_seconds_count)
@@ -74,6 +71,7 @@ while [ "$t" -lt "$SECS" ] && kill -0 "$LOAD" 2>/dev/null; do
 done
 wait "$LOAD"
 load_rc=$?
+forget "$LOAD"
 # Once the load stops, how long the writer takes to empty its queue.
 t_end=$(date +%s%N)
 for _ in $(seq 300); do
@@ -86,7 +84,7 @@ f1=$(metric tokengate_db_flush_duration_seconds_count)
 flush_sum=$(metric tokengate_db_flush_duration_seconds_sum)
 audit_written=$(metric tokengate_audit_rows_written_total)
 audit_dropped=$(metric tokengate_audit_rows_dropped_total)
-kill -KILL "$AGENT" 2>/dev/null
+stop "$AGENT" KILL
 
 mkdir -p "$OUT"
 awk -v secs="$SECS" -v users="$USERS" -v load_rc="$load_rc" -v drain_ms="$drain_ms" -v f0="$f0" -v f1="$f1" \
