@@ -687,16 +687,21 @@ DB_TOK=${DB_TOK:-0}
 sleep 1.5
 st_down=$(tg_server_field spoe_tokengate tg1 status)
 RESTART_MS=$(tg_now_ms)
-rm -f "$TG_TMP/agent2.port"
-"$AGENT" --listen "127.0.0.1:$TG_AGENT_PORT" --port-file "$TG_TMP/agent2.port" \
-	--admin-listen 127.0.0.1:0 --admin-port-file "$TG_TMP/admin2.port" \
-	--log-socket "$TG_AGENT_LOG" --pid-file "$TG_TMP/agent.pid" --db "$TG_DB" \
-	>>"$TG_TMP/agent.log" 2>&1 &
-TG_AGENT_PID=$!
-tg__track "$TG_AGENT_PID" agent
-p=$(tg__wait_port_file "$TG_TMP/agent2.port" "$TG_AGENT_PID") || tg_bail "the agent did not restart on port $TG_AGENT_PORT"
-tg_assert_eq "$TG_AGENT_PORT" "$p" "restart: the agent listens on its old port again"
-TG_ADMIN_PORT=$(tg__wait_port_file "$TG_TMP/admin2.port" "$TG_AGENT_PID") || tg_bail "the restarted agent has no admin port"
+# restart_agent: the agent again, on its old port and database (after a
+# kill -9); prints the port it bound and sets TG_AGENT_PID, TG_ADMIN_PORT.
+restart_agent() {
+	rm -f "$TG_TMP/agent.port" "$TG_TMP/admin.port"
+	"$AGENT" --listen "127.0.0.1:$TG_AGENT_PORT" --port-file "$TG_TMP/agent.port" \
+		--admin-listen 127.0.0.1:0 --admin-port-file "$TG_TMP/admin.port" \
+		--log-socket "$TG_AGENT_LOG" --pid-file "$TG_TMP/agent.pid" --db "$TG_DB" \
+		>>"$TG_TMP/agent.log" 2>&1 &
+	TG_AGENT_PID=$!
+	tg__track "$TG_AGENT_PID" agent
+	RESTART_PORT=$(tg__wait_port_file "$TG_TMP/agent.port" "$TG_AGENT_PID") &&
+		TG_ADMIN_PORT=$(tg__wait_port_file "$TG_TMP/admin.port" "$TG_AGENT_PID")
+}
+restart_agent || tg_bail "the agent did not restart on port $TG_AGENT_PORT"
+tg_assert_eq "$TG_AGENT_PORT" "$RESTART_PORT" "restart: the agent listens on its old port again"
 decided_again() { # an answer decided by the agent, sent after the restart
 	awk -v t="$RESTART_MS" '$1 >= t && $5 == "d=allow/ok" { f = 1 } END { exit !f }' "$TG_TMP/load.out"
 }
@@ -792,13 +797,7 @@ kill -KILL "$TG_AGENT_PID"
 tg_stop_pid "$TG_AGENT_PID"
 sleep 1.5
 RESTART_MS=$(tg_now_ms)
-rm -f "$TG_TMP/agent3.port"
-"$AGENT" --listen "127.0.0.1:$TG_AGENT_PORT" --port-file "$TG_TMP/agent3.port" \
-	--admin-listen 127.0.0.1:0 --log-socket "$TG_AGENT_LOG" --pid-file "$TG_TMP/agent.pid" --db "$TG_DB" \
-	>>"$TG_TMP/agent.log" 2>&1 &
-TG_AGENT_PID=$!
-tg__track "$TG_AGENT_PID" agent
-tg__wait_port_file "$TG_TMP/agent3.port" "$TG_AGENT_PID" >/dev/null || tg_bail "the agent did not restart (fail-closed)"
+restart_agent || tg_bail "the agent did not restart (fail-closed)"
 if tg_poll 6 decided_again; then
 	tg_ok "fail-closed: after the restart HAProxy reconnected by itself and decides again"
 else
