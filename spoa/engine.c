@@ -854,7 +854,7 @@ static void finish(struct engine *e, struct ledger_resv *r, double now, const st
 	 * involved from the connection on. An error HAProxy made up before
 	 * that (LR: fail-closed, a decision the client abandoned) is no
 	 * provider's doing. */
-	bool reached_server = end->tsc && end->tsc[0] && strchr("CHDL", end->tsc[1]) && end->tsc[1];
+	bool reached_server = end->tsc && end->tsc[0] && end->tsc[1] && strchr("CHDL", end->tsc[1]);
 	/* A server-side timeout, refusal or reset (s, S) is the provider's,
 	 * even after its status line came (SD: reset while sending the body,
 	 * the client got a truncated answer). */

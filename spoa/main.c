@@ -371,6 +371,13 @@ static void drain_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
 /* SIGHUP with TLS on: new connections get the certificate and key as the
  * files are now (rotation without a restart); a file that no longer loads
  * keeps the running context. Turning TLS on or off needs a restart. */
+static void keep_running_tls(struct config *nc)
+{
+	strcpy(nc->tls_cert, g.cfg.tls_cert);
+	strcpy(nc->tls_key, g.cfg.tls_key);
+	strcpy(nc->tls_client_ca, g.cfg.tls_client_ca);
+}
+
 static void reload_tls(struct config *nc)
 {
 	char err[512];
@@ -378,18 +385,14 @@ static void reload_tls(struct config *nc)
 
 	if (!g.env.tls != !nc->tls_cert[0]) {
 		LOG_WARN("reload: turning TLS on or off takes effect at the next restart");
-		strcpy(nc->tls_cert, g.cfg.tls_cert);
-		strcpy(nc->tls_key, g.cfg.tls_key);
-		strcpy(nc->tls_client_ca, g.cfg.tls_client_ca);
+		keep_running_tls(nc);
 	}
 	if (!g.env.tls)
 		return;
 	ctx = tls_server_ctx(nc->tls_cert, nc->tls_key, nc->tls_client_ca, err, sizeof(err));
 	if (!ctx) {
 		LOG_ERROR("reload: keeping the running TLS certificate: %s", err);
-		strcpy(nc->tls_cert, g.cfg.tls_cert);
-		strcpy(nc->tls_key, g.cfg.tls_key);
-		strcpy(nc->tls_client_ca, g.cfg.tls_client_ca);
+		keep_running_tls(nc);
 		return;
 	}
 	/* Open connections hold their own reference to the old context. */
