@@ -1,0 +1,23 @@
+-- Migration 4: audit_log is indexed by time only.
+--
+-- The (user_id, decided_at) index of migration 1 put every new audit row
+-- at a random place: each user's newest entries sit on their own leaf page,
+-- so once the index outgrows the users (about 15 M rows for 100,000 users)
+-- every row costs the writer one page read and one page write. Measured on
+-- this project's 2-core machine, 6,400-row transactions into 15 M rows with
+-- 100,000 users: about 28,000 rows/s with that index, 435,000 without it;
+-- the rate then fell further as the table grew, so a busy gateway's audit
+-- writer slowed down day after day. Without it, inserts append (rowid,
+-- decided_at) and cost the same at 100 M rows as at none.
+--
+-- One user's days are in daily_usage (view user_history, index
+-- daily_usage_user_day). One user's requests: bound the time, the
+-- decided_at index then reads only that window:
+--   SELECT * FROM audit_log
+--   WHERE decided_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour')
+--     AND user_id = 'alice' ORDER BY decided_at DESC;
+-- A gateway with few requests that wants instant per-user lookups over
+-- months can add the index back, knowing the writer's cost above:
+--   CREATE INDEX audit_log_user ON audit_log (user_id);
+
+DROP INDEX IF EXISTS audit_log_user_decided_at;
