@@ -383,6 +383,18 @@ check "provider_status follows" \
     "SELECT provider, state, since, open_until, reason, window_error_pct FROM provider_status WHERE provider = 'provider_primary';" \
     "provider_primary|half_open|2024-03-15T12:00:30.000Z|NULL|error_rate|33.3"
 
+# --- migration 004: audit_log indexed by time only ----------------------------
+# Every audit_log index must lead with decided_at: an index leading with any
+# other column takes a random page per inserted row (see 004's comment).
+check "audit_log: every index leads with decided_at (appends only)" \
+    "SELECT count(*) FROM sqlite_master m, pragma_index_info(m.name) i
+     WHERE m.type = 'index' AND m.tbl_name = 'audit_log' AND i.seqno = 0 AND i.name <> 'decided_at';" "0"
+check "one user's requests in a time window read the decided_at index" \
+    "EXPLAIN QUERY PLAN SELECT * FROM audit_log
+     WHERE decided_at >= '2024-03-15T00:00:00.000Z' AND user_id = 'alice' ORDER BY decided_at DESC;" \
+"QUERY PLAN
+\`--SEARCH audit_log USING INDEX audit_log_decided_at (decided_at>?)"
+
 # --- operators' SQL for routes and providers (schema/README.md) ---------------
 rejects "swapping positions in one UPDATE trips the primary key" \
     "UPDATE route_providers SET position = 3 - position
