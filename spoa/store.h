@@ -40,6 +40,8 @@ struct store_stats {
 	uint64_t audit_rows;       /* audit rows written */
 	uint64_t audit_purged;     /* audit rows deleted by retention */
 	uint64_t prompts_purged;   /* prompt_log rows deleted by retention */
+	uint64_t purges;           /* retention cycles run */
+	uint64_t purge_scans;      /* purge statements that walked a whole table */
 	uint64_t rows_refused;     /* rows the schema refused, skipped */
 	uint64_t policy_loads;     /* policies loaded after a change */
 	uint64_t policy_errors;    /* changes that could not be loaded */
