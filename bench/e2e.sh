@@ -720,14 +720,13 @@ END {
 }' "$HOSTINFO" "$CMDS" "$RAW" "$SLOTS" "$RTTS" "$STRACE_RES" "$STEADY_RES" || die "report failed"
 
 mv "$OUTDIR/e2e-latest.md.tmp" "$OUTDIR/e2e-latest.md"
-# (indented to sit under "e2e" in latest.json)
 mv "$OUTDIR/e2e-latest.json.tmp" "$OUTDIR/e2e-latest.json"
 
 # ---- merge into latest.md / latest.json ----------------------------------
 #
 # latest.md: the section between the e2e markers is replaced, or inserted
 # before "## Commands" (bench/run's tables come first). latest.json: the
-# "e2e" key (always the last one) is replaced or added.
+# "e2e" key is replaced or added.
 if [ "$MERGE" = 1 ] && [ -f "$OUTDIR/latest.md" ]; then
 	awk -v sec="$OUTDIR/e2e-latest.md" '
 	function put(   l) { while ((getline l < sec) > 0) print l; print ""; done_ = 1 }
@@ -740,21 +739,7 @@ if [ "$MERGE" = 1 ] && [ -f "$OUTDIR/latest.md" ]; then
 		mv "$OUTDIR/latest.md.e2e" "$OUTDIR/latest.md"
 fi
 if [ "$MERGE" = 1 ] && [ -f "$OUTDIR/latest.json" ]; then
-	awk -v obj="$OUTDIR/e2e-latest.json" '
-	{ line[++n] = $0 }
-	END {
-		m = n
-		for (i = 1; i <= n; i++) if (line[i] ~ /^  "e2e": /) { m = i - 1; cut = 1; break }
-		if (!cut) { while (m > 0 && line[m] !~ /^}/) m--; m-- }   # drop the closing brace
-		for (i = 1; i <= m; i++) {
-			l = line[i]
-			if (i == m && l !~ /,$/) l = l ","
-			print l
-		}
-		printf "  \"e2e\": "
-		while ((getline l < obj) > 0) print l
-		print "}"
-	}' "$OUTDIR/latest.json" >"$OUTDIR/latest.json.e2e" && mv "$OUTDIR/latest.json.e2e" "$OUTDIR/latest.json"
+	json_put "$OUTDIR/latest.json" e2e "$OUTDIR/e2e-latest.json"
 fi
 
 sed -e '/^Commands:/,$d' -e '/^<!--/d' "$OUTDIR/e2e-latest.md"

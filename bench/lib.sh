@@ -107,3 +107,21 @@ preload_users() {
 	sqlite3 "$1" "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $2 - 1)
 		INSERT INTO daily_usage(day, user_id) SELECT date('now'), 'user-' || i FROM n;"
 }
+
+# json_put FILE KEY OBJFILE: FILE's top-level KEY set to the JSON in OBJFILE
+# (replaced if there, added last if not). Python's json keeps key order.
+json_put() {
+	/usr/bin/python3 - "$1" "$2" "$3" <<'PY' || echo "json_put: cannot put $2 into $1" >&2
+import json, sys
+path, key, obj = sys.argv[1:4]
+with open(path) as f:
+    doc = json.load(f)
+with open(obj) as f:
+    doc[key] = json.load(f)
+with open(path + ".tmp", "w") as f:
+    json.dump(doc, f, indent=2)
+    f.write("\n")
+import os
+os.replace(path + ".tmp", path)
+PY
+}
