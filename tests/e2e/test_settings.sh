@@ -49,6 +49,9 @@ refused 2 "$D/badint.conf:1: max_connections: \"lots\" is not an integer" "a val
 printf 'idle_timeout_ms = -5\n' >"$D/range.conf"
 refused 2 "idle_timeout_ms: -5 is outside \\[0, 86400000\\]" "a value out of range" --config "$D/range.conf"
 refused 2 "$D/missing.conf: No such file" "a config file that does not exist" --config "$D/missing.conf"
+refused 2 "$D: Is a directory" "a directory given as the config file (it once loaded as an empty file)" --config "$D"
+printf 'listen = 127.0.0.1:0\nlog_level = info\000 = x\n' >"$D/nul.conf"
+refused 2 "$D/nul.conf:2: NUL byte in line" "a line with a NUL byte (once called too long)" --config "$D/nul.conf"
 refused 2 "audit_log: \"maybe\" is not a boolean" "a bad boolean on the command line" --audit-log maybe
 
 out=$("$AGENT" --check --db "$D/good.db" 2>&1)
