@@ -38,7 +38,8 @@ static const struct config_key keys[] = {
 	INT(log_socket_mode, 0, 0777, "0660", "permissions of log_socket (octal): HAProxy's user must be able to write to it"),
 	STR(admin_listen, "127.0.0.1:9121", "admin HTTP listener for /metrics, /healthz and /state: HOST:PORT (loopback), or empty for none"),
 	STR(admin_port_file, "", "write the admin listener's bound port to this file"),
-	STR(admin_token, "", "if set, the admin listener requires \"Authorization: Bearer <token>\""),
+	STR(admin_token, "", "if set, the admin listener requires \"Authorization: Bearer <token>\" (at most 255 bytes; on the command line every local user sees it in ps: prefer admin_token_file)"),
+	STR(admin_token_file, "", "file whose first line is admin_token (trailing whitespace removed); refused when group or others may read it, or when admin_token is set too; read at start"),
 	BOOL(admin_allow_public, "false", "allow admin_listen on a non-loopback address"),
 	STR(default_backend, "provider_primary", "HAProxy backend that allowed requests are sent to"),
 	STR(log_level, "info", "error, warn, info or debug"),
@@ -269,6 +270,10 @@ int config_validate(const struct config *c, char *err, size_t errsz)
 	}
 	if (c->tls_client_ca[0] && !c->tls_cert[0]) {
 		snprintf(err, errsz, "tls_client_ca: needs tls_cert and tls_key (client certificates are a TLS feature)");
+		return -1;
+	}
+	if (c->admin_token[0] && c->admin_token_file[0]) {
+		snprintf(err, errsz, "admin_token_file: set together with admin_token; set one of them");
 		return -1;
 	}
 	if (log_level_parse(c->log_level) < 0) {

@@ -30,7 +30,8 @@ struct config {
 	char log_socket[CONFIG_STR_MAX];
 	char admin_listen[CONFIG_STR_MAX];
 	char admin_port_file[CONFIG_STR_MAX];
-	char admin_token[CONFIG_STR_MAX];
+	char admin_token[256]; /* what the admin listener holds (http.h) */
+	char admin_token_file[CONFIG_STR_MAX];
 	bool admin_allow_public;
 	char pid_file[CONFIG_STR_MAX];
 	char default_backend[CONFIG_STR_MAX];

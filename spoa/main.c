@@ -20,6 +20,7 @@
 #include "http.h"
 #include "listener.h"
 #include "tls.h"
+#include "tokenfile.h"
 #include "logsock.h"
 #include "log.h"
 #include "metrics.h"
@@ -194,6 +195,18 @@ static int drop_privileges(const char *user, char *err, size_t errsz)
 	}
 	LOG_INFO("running as %s (uid %d)", user, (int)pw->pw_uid);
 	return 0;
+}
+
+/* The admin listener's token: admin_token, or the first line of
+ * admin_token_file, which keeps it out of ps and of the config file. Read
+ * once, at start (admin_* wait for a restart). */
+static int admin_token(const struct config *c, char *out, size_t outsz, char *err, size_t errsz)
+{
+	if (!c->admin_token_file[0]) {
+		snprintf(out, outsz, "%s", c->admin_token);
+		return 0;
+	}
+	return tokenfile_read("admin_token_file", c->admin_token_file, out, outsz, err, errsz);
 }
 
 /* With no --db: tokengate.db next to the config file, or here. */
@@ -434,7 +447,7 @@ static void reload_cb(struct ev_loop *loop, ev_signal *w, int revents)
 
 int main(int argc, char **argv)
 {
-	char err[512], num[32];
+	char err[512], num[32], token[HTTP_TOKEN_MAX + 1];
 	int check = 0, default_secret;
 
 	for (int i = 1; i < argc; i++) {
@@ -474,6 +487,13 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		SSL_CTX_free(ctx);
+	}
+	if (check) {
+		if (admin_token(&g.cfg, token, sizeof(token), err, sizeof(err)) == -1) {
+			fprintf(stderr, "tokengate: %s\n", err);
+			return 2;
+		}
+		explicit_bzero(token, sizeof(token));
 	}
 	if (check) {
 		struct store *s = NULL;
@@ -530,9 +550,15 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	/* Before dropping privileges, like the TLS key; checked even with the
+	 * listener off, so that a bad file is found before it is needed. */
+	if (admin_token(&g.cfg, token, sizeof(token), err, sizeof(err)) == -1) {
+		LOG_ERROR("%s", err);
+		return 1;
+	}
 	if (g.cfg.admin_listen[0]) {
-		g.admin = http_start(g.env.loop, g.cfg.admin_listen, g.cfg.admin_allow_public, g.cfg.admin_token,
-				     admin_cb, NULL, err, sizeof(err));
+		g.admin = http_start(g.env.loop, g.cfg.admin_listen, g.cfg.admin_allow_public, token, admin_cb, NULL,
+				     err, sizeof(err));
 		if (!g.admin) {
 			LOG_ERROR("%s", err);
 			return 1;
@@ -545,6 +571,7 @@ int main(int argc, char **argv)
 			}
 		}
 	}
+	explicit_bzero(token, sizeof(token)); /* the listener keeps its own copy */
 	/* Every socket is bound: from here on, no more privileges. */
 	if (drop_privileges(g.cfg.user, err, sizeof(err)) == -1) {
 		LOG_ERROR("%s", err);
