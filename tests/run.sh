@@ -82,6 +82,7 @@ unit() {
 	run "unit/redact$tag" "$bdir/test_redact"
 	run "unit/config$tag" "$bdir/test_config"
 	run "unit/tokenfile$tag" "$bdir/test_tokenfile"
+	run "unit/ratelog$tag" "$bdir/test_ratelog"
 	run "unit/wire-selftest$tag" "$bdir/wire_selftest"
 	run "unit/fuzz-corpus-replay$tag" "$bdir/fuzz_replay" tests/fuzz/corpus
 	run "unit/fuzz-body-corpus-replay$tag" "$bdir/fuzz_body_replay" tests/fuzz/corpus-body
