@@ -286,6 +286,7 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	(void)w;
 	(void)revents;
 	engine_tick(g.env.engine, ev_now(loop));
+	conn_refusal_log_tick(&g.env);
 }
 
 static void admin_cb(const char *path, struct http_reply *out, void *arg)
