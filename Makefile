@@ -4,7 +4,7 @@
 #   make test       unit + end-to-end tests (plain build)
 #   make asan       the same tests with the agent built under ASan + UBSan
 #   make check      what CI runs: deps, test and asan in one summary, fuzz
-#   make fuzz       libFuzzer on the frame decoder, the body scanner and the log-line/config parsers (FUZZ_SECONDS each, default 60)
+#   make fuzz       libFuzzer on the frame decoder, the body scanner, the log-line parser and the config file reader (FUZZ_SECONDS each, default 60)
 #   make bench      the side-by-side benchmarks (see bench/)
 #   make soak       10 minutes under load: memory and fds flat (SOAK_SECONDS; not in check/CI)
 #   make valgrind   e2e suites with the agent under valgrind, no error, no leak (40 s; in check)
@@ -32,7 +32,7 @@ SPOA_SRC := $(filter-out spoa/main.c,$(wildcard spoa/*.c))
 SPOA_OBJ := $(SPOA_SRC:%.c=$(BUILD)/%.o) $(BUILD)/schema_sql.o
 WIRE_OBJ := $(BUILD)/bench/spopwire.o
 
-BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/test_daytime $(BUILD)/test_engine $(BUILD)/test_breaker $(BUILD)/test_batch $(BUILD)/test_logsock $(BUILD)/test_strmap $(BUILD)/test_ledger $(BUILD)/test_fallback $(BUILD)/test_redact $(BUILD)/test_store $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/writerbench $(BUILD)/fuzz_replay $(BUILD)/fuzz_body_replay $(BUILD)/fuzz_logline_replay
+BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/test_daytime $(BUILD)/test_engine $(BUILD)/test_breaker $(BUILD)/test_batch $(BUILD)/test_logsock $(BUILD)/test_strmap $(BUILD)/test_ledger $(BUILD)/test_fallback $(BUILD)/test_redact $(BUILD)/test_config $(BUILD)/test_tokenfile $(BUILD)/test_ratelog $(BUILD)/test_store $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/writerbench $(BUILD)/fuzz_replay $(BUILD)/fuzz_body_replay $(BUILD)/fuzz_logline_replay $(BUILD)/fuzz_config_replay
 
 .PHONY: all test asan check fuzz bench soak valgrind install clean deps
 all: $(BINS)
@@ -99,6 +99,18 @@ $(BUILD)/test_fallback: $(BUILD)/tests/unit/test_fallback.o $(SPOA_OBJ)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
+$(BUILD)/test_config: $(BUILD)/tests/unit/test_config.o $(SPOA_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+$(BUILD)/test_tokenfile: $(BUILD)/tests/unit/test_tokenfile.o $(SPOA_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+$(BUILD)/test_ratelog: $(BUILD)/tests/unit/test_ratelog.o $(SPOA_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
 $(BUILD)/spopload: $(BUILD)/bench/spopload.o $(WIRE_OBJ)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ -lm -lpthread
@@ -128,6 +140,10 @@ $(BUILD)/fuzz_logline_replay: $(BUILD)/tests/fuzz/fuzz_logline.o $(BUILD)/tests/
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/fuzz_config_replay: $(BUILD)/tests/fuzz/fuzz_config.o $(BUILD)/tests/fuzz/replay_main.o $(SPOA_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 # libFuzzer build: clang only.
 $(BUILD)/fuzz_frame: tests/fuzz/fuzz_frame.c $(SPOA_SRC) $(BUILD)/schema_sql.c
 	@mkdir -p $(dir $@)
@@ -135,6 +151,11 @@ $(BUILD)/fuzz_frame: tests/fuzz/fuzz_frame.c $(SPOA_SRC) $(BUILD)/schema_sql.c
 	$(Q)clang -std=c11 -D_GNU_SOURCE -g -O1 -Ispoa -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)
 
 $(BUILD)/fuzz_logline: tests/fuzz/fuzz_logline.c $(SPOA_SRC) $(BUILD)/schema_sql.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZ    $@")
+	$(Q)clang -std=c11 -D_GNU_SOURCE -g -O1 -Ispoa -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)
+
+$(BUILD)/fuzz_config: tests/fuzz/fuzz_config.c $(SPOA_SRC) $(BUILD)/schema_sql.c
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZ    $@")
 	$(Q)clang -std=c11 -D_GNU_SOURCE -g -O1 -Ispoa -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)
@@ -152,14 +173,16 @@ asan:
 		CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" all
 	$(Q)TG_BUILD=build-asan tests/run.sh
 
-fuzz: $(BUILD)/fuzz_frame $(BUILD)/fuzz_body $(BUILD)/fuzz_logline
-	$(Q)mkdir -p $(BUILD)/fuzz-corpus $(BUILD)/fuzz-corpus-body $(BUILD)/fuzz-corpus-logline
+fuzz: $(BUILD)/fuzz_frame $(BUILD)/fuzz_body $(BUILD)/fuzz_logline $(BUILD)/fuzz_config
+	$(Q)mkdir -p $(BUILD)/fuzz-corpus $(BUILD)/fuzz-corpus-body $(BUILD)/fuzz-corpus-logline $(BUILD)/fuzz-corpus-config
 	$(Q)$(BUILD)/fuzz_frame -max_total_time=$(FUZZ_SECONDS) -max_len=70000 -artifact_prefix=$(BUILD)/ \
 		-print_final_stats=1 $(BUILD)/fuzz-corpus tests/fuzz/corpus
 	$(Q)$(BUILD)/fuzz_body -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
 		-print_final_stats=1 -artifact_prefix=$(BUILD)/ $(BUILD)/fuzz-corpus-body tests/fuzz/corpus-body
 	$(Q)$(BUILD)/fuzz_logline -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
 		-print_final_stats=1 -artifact_prefix=$(BUILD)/ $(BUILD)/fuzz-corpus-logline tests/fuzz/corpus-logline
+	$(Q)$(BUILD)/fuzz_config -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+		-print_final_stats=1 -artifact_prefix=$(BUILD)/ $(BUILD)/fuzz-corpus-config tests/fuzz/corpus-config
 
 deps:
 	$(Q)ops/install-deps.sh
@@ -168,7 +191,7 @@ deps:
 check: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CC=clang \
-		CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" all $(if $(filter 0,$(FUZZ_SECONDS)),,build-asan/fuzz_frame build-asan/fuzz_body build-asan/fuzz_logline)
+		CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" all $(if $(filter 0,$(FUZZ_SECONDS)),,build-asan/fuzz_frame build-asan/fuzz_body build-asan/fuzz_logline build-asan/fuzz_config)
 	$(Q)TG_BUILD=build TG_ASAN_BUILD=build-asan TG_FUZZ_SECONDS=$(FUZZ_SECONDS) TG_VALGRIND=1 tests/run.sh
 
 bench: all

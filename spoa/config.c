@@ -38,7 +38,8 @@ static const struct config_key keys[] = {
 	INT(log_socket_mode, 0, 0777, "0660", "permissions of log_socket (octal): HAProxy's user must be able to write to it"),
 	STR(admin_listen, "127.0.0.1:9121", "admin HTTP listener for /metrics, /healthz and /state: HOST:PORT (loopback), or empty for none"),
 	STR(admin_port_file, "", "write the admin listener's bound port to this file"),
-	STR(admin_token, "", "if set, the admin listener requires \"Authorization: Bearer <token>\""),
+	STR(admin_token, "", "if set, the admin listener requires \"Authorization: Bearer <token>\" (at most 255 bytes; on the command line every local user sees it in ps: prefer admin_token_file)"),
+	STR(admin_token_file, "", "file whose first line is admin_token (trailing whitespace removed); refused when group or others may read it, or when admin_token is set too; read at start"),
 	BOOL(admin_allow_public, "false", "allow admin_listen on a non-loopback address"),
 	STR(default_backend, "provider_primary", "HAProxy backend that allowed requests are sent to"),
 	STR(log_level, "info", "error, warn, info or debug"),
@@ -166,31 +167,59 @@ static char *trim(char *s)
 	return s;
 }
 
-int config_load_file(struct config *c, const char *path, char *err, size_t errsz)
+/*
+ * Reads one line of f into line (CONFIG_LINE_MAX + 1 bytes), without its
+ * newline, NUL-terminated. Returns its length; -1 at the end of the file;
+ * -2 when it is longer than CONFIG_LINE_MAX. *nul tells whether it holds a
+ * NUL byte, which C strings would silently cut it at. Byte by byte rather
+ * than fgets(), which can say neither where the bytes read end nor whether
+ * a full buffer was the whole line.
+ */
+static long read_line(FILE *f, char *line, bool *nul)
 {
-	char line[CONFIG_STR_MAX + 128], sub[256];
-	unsigned lineno = 0;
-	FILE *f = fopen(path, "r");
+	size_t n = 0;
+	int ch;
 
-	if (!f) {
-		snprintf(err, errsz, "%s: %s", path, strerror(errno));
-		return -1;
+	*nul = false;
+	while ((ch = getc(f)) != EOF && ch != '\n') {
+		if (n == CONFIG_LINE_MAX)
+			return -2;
+		if (ch == '\0')
+			*nul = true;
+		line[n++] = (char)ch;
 	}
-	while (fgets(line, sizeof(line), f)) {
+	if (ch == EOF && n == 0)
+		return -1;
+	line[n] = '\0';
+	return (long)n;
+}
+
+int config_load_stream(struct config *c, FILE *f, const char *name, char *err, size_t errsz)
+{
+	char line[CONFIG_LINE_MAX + 1], sub[256];
+	unsigned lineno = 0;
+	long len;
+	bool nul;
+
+	while ((len = read_line(f, line, &nul)) != -1) {
 		char *s, *eq, *key, *value;
 
 		lineno++;
-		if (!strchr(line, '\n') && !feof(f)) {
-			snprintf(err, errsz, "%s:%u: line too long", path, lineno);
-			goto fail;
+		if (len == -2) {
+			snprintf(err, errsz, "%s:%u: line too long", name, lineno);
+			return -1;
+		}
+		if (nul) {
+			snprintf(err, errsz, "%s:%u: NUL byte in line", name, lineno);
+			return -1;
 		}
 		s = trim(line);
 		if (*s == '\0' || *s == '#')
 			continue;
 		eq = strchr(s, '=');
 		if (!eq) {
-			snprintf(err, errsz, "%s:%u: expected key = value", path, lineno);
-			goto fail;
+			snprintf(err, errsz, "%s:%u: expected key = value", name, lineno);
+			return -1;
 		}
 		*eq = '\0';
 		key = trim(s);
@@ -201,15 +230,31 @@ int config_load_file(struct config *c, const char *path, char *err, size_t errsz
 			value++;
 		}
 		if (config_set(c, key, value, sub, sizeof(sub)) == -1) {
-			snprintf(err, errsz, "%s:%u: %s", path, lineno, sub);
-			goto fail;
+			snprintf(err, errsz, "%s:%u: %s", name, lineno, sub);
+			return -1;
 		}
 	}
-	fclose(f);
+	/* getc() says EOF on a read error too (a directory, an I/O error):
+	 * without this, such a file would load as an empty one. */
+	if (ferror(f)) {
+		snprintf(err, errsz, "%s: %s", name, strerror(errno));
+		return -1;
+	}
 	return 0;
-fail:
+}
+
+int config_load_file(struct config *c, const char *path, char *err, size_t errsz)
+{
+	FILE *f = fopen(path, "r");
+	int rc;
+
+	if (!f) {
+		snprintf(err, errsz, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	rc = config_load_stream(c, f, path, err, errsz);
 	fclose(f);
-	return -1;
+	return rc;
 }
 
 int config_validate(const struct config *c, char *err, size_t errsz)
@@ -227,6 +272,10 @@ int config_validate(const struct config *c, char *err, size_t errsz)
 		snprintf(err, errsz, "tls_client_ca: needs tls_cert and tls_key (client certificates are a TLS feature)");
 		return -1;
 	}
+	if (c->admin_token[0] && c->admin_token_file[0]) {
+		snprintf(err, errsz, "admin_token_file: set together with admin_token; set one of them");
+		return -1;
+	}
 	if (log_level_parse(c->log_level) < 0) {
 		snprintf(err, errsz, "log_level: \"%s\" is not one of error, warn, info, debug", c->log_level);
 		return -1;
@@ -240,6 +289,46 @@ int config_validate(const struct config *c, char *err, size_t errsz)
 		      *p == '_' || *p == '-' || *p == '.' || *p == ':')) {
 			snprintf(err, errsz, "default_backend: \"%s\" is not a valid HAProxy backend name", c->default_backend);
 			return -1;
+		}
+	}
+	return 0;
+}
+
+int config_check_bounds(const struct config *c, char *err, size_t errsz)
+{
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct config_key *k = &keys[i];
+		const char *field = (const char *)c + k->offset;
+
+		switch (k->type) {
+		case CFG_STR:
+			if (!memchr(field, '\0', k->size)) {
+				snprintf(err, errsz, "%s: not terminated within %zu bytes", k->name, k->size);
+				return -1;
+			}
+			break;
+		case CFG_INT: {
+			long v;
+
+			memcpy(&v, field, sizeof(v));
+			if (v < k->min || v > k->max) {
+				snprintf(err, errsz, "%s: %ld is outside [%ld, %ld]", k->name, v, k->min, k->max);
+				return -1;
+			}
+			break;
+		}
+		case CFG_BOOL: {
+			unsigned char b;
+
+			/* The byte, not the bool: any other value is a trap
+			 * representation, and reading it as bool is undefined. */
+			memcpy(&b, field, 1);
+			if (b > 1) {
+				snprintf(err, errsz, "%s: boolean holds %u", k->name, b);
+				return -1;
+			}
+			break;
+		}
 		}
 	}
 	return 0;

@@ -11,8 +11,12 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #define CONFIG_STR_MAX 512
+/* Longest line of a config file, newline excluded: a key, " = " and the
+ * longest value, quoted, with room for indentation. */
+#define CONFIG_LINE_MAX (CONFIG_STR_MAX + 127)
 
 struct config {
 	char listen[CONFIG_STR_MAX];
@@ -26,7 +30,8 @@ struct config {
 	char log_socket[CONFIG_STR_MAX];
 	char admin_listen[CONFIG_STR_MAX];
 	char admin_port_file[CONFIG_STR_MAX];
-	char admin_token[CONFIG_STR_MAX];
+	char admin_token[256]; /* what the admin listener holds (http.h) */
+	char admin_token_file[CONFIG_STR_MAX];
 	bool admin_allow_public;
 	char pid_file[CONFIG_STR_MAX];
 	char default_backend[CONFIG_STR_MAX];
@@ -56,9 +61,26 @@ void config_defaults(struct config *c);
  */
 int config_set(struct config *c, const char *key, const char *value, char *err, size_t errsz);
 
-/* Reads `key = value` lines (# comments, blank lines). -1 with err naming
- * the file, the line and the key on the first bad line. */
+/* Reads `key = value` lines (# comments, blank lines) from the file at
+ * path through config_load_stream(). -1 with err naming the file, the line
+ * and the key on the first bad line, or why the file cannot be read. */
 int config_load_file(struct config *c, const char *path, char *err, size_t errsz);
+
+/*
+ * The parser behind config_load_file(): reads f (borrowed, not closed) to
+ * its end, applying each line with config_set(). name is what messages call
+ * the file. Returns 0, or -1 with a non-empty err ("NAME:LINE: ...") at the
+ * first bad line; keys set before it stay set, each one within its bounds.
+ */
+int config_load_stream(struct config *c, FILE *f, const char *name, char *err, size_t errsz);
+
+/*
+ * Invariant check, for tests and fuzzing: every integer within its declared
+ * range, every boolean 0 or 1, every string terminated inside its field.
+ * config_set() never lets a value through that breaks one. Returns 0, or -1
+ * with err naming the first key that is off.
+ */
+int config_check_bounds(const struct config *c, char *err, size_t errsz);
 
 /* Cross-key checks after everything is set. */
 int config_validate(const struct config *c, char *err, size_t errsz);

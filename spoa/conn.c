@@ -132,6 +132,97 @@ static void conn_leave(struct conn *c)
 		conn_free(c);
 }
 
+const char *conn_peer_str(int fd, char *buf, size_t size)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char host[INET6_ADDRSTRLEN];
+	int port;
+
+	buf[0] = '\0';
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) == -1)
+		return buf;
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+
+		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		port = ntohs(in->sin_port);
+	} else if (ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		port = ntohs(in6->sin6_port);
+	} else {
+		return buf;
+	}
+	snprintf(buf, size, " from %s:%d", host, port);
+	return buf;
+}
+
+static const struct {
+	const char *name; /* the metrics label */
+	const char *what; /* the summary line's subject */
+	enum log_level level;
+} refusals[CONN_REFUSAL_COUNT] = {
+	[CONN_REFUSAL_TLS] = {"tls", "TLS refusals", LOG_LVL_INFO},
+	[CONN_REFUSAL_PROTOCOL] = {"protocol", "protocol errors", LOG_LVL_INFO},
+	[CONN_REFUSAL_LIMIT] = {"limit", "connections over max_connections", LOG_LVL_INFO},
+};
+
+const char *conn_refusal_str(enum conn_refusal kind)
+{
+	return (unsigned)kind < CONN_REFUSAL_COUNT ? refusals[kind].name : "?";
+}
+
+enum log_level conn_refusal_level(enum conn_refusal kind)
+{
+	if ((unsigned)kind >= CONN_REFUSAL_COUNT)
+		abort();
+	return refusals[kind].level;
+}
+
+static struct ratelog *refusal_log(struct conn_env *env, enum conn_refusal kind)
+{
+	struct ratelog *r = &env->refusal_log[kind];
+
+	if (!r->burst) /* the env is zeroed by its owner: first use */
+		ratelog_init(r, CONN_REFUSAL_LOG_PER_S, 1.0);
+	return r;
+}
+
+static void refusal_summary(enum conn_refusal kind, uint64_t held, double held_s)
+{
+	LOG(refusals[kind].level, "%s: suppressed %llu similar messages in the last %.1f s", refusals[kind].what,
+	    (unsigned long long)held, held_s);
+}
+
+bool conn_refusal_log_ok(struct conn_env *env, enum conn_refusal kind)
+{
+	uint64_t held;
+	double held_s;
+
+	if (conn_refusal_level(kind) > log_threshold)
+		return false;
+	if (!ratelog_allow(refusal_log(env, kind), ev_now(env->loop), &held, &held_s)) {
+		env->stats.refusal_lines_suppressed[kind]++;
+		return false;
+	}
+	if (held)
+		refusal_summary(kind, held, held_s);
+	return true;
+}
+
+void conn_refusal_log_tick(struct conn_env *env)
+{
+	for (unsigned k = 0; k < CONN_REFUSAL_COUNT; k++) {
+		double held_s;
+		uint64_t held = ratelog_flush(refusal_log(env, k), ev_now(env->loop), &held_s);
+
+		if (held)
+			refusal_summary(k, held, held_s);
+	}
+}
+
 struct conn *conn_new(struct conn_env *env, int fd)
 {
 	struct conn *c = calloc(1, sizeof(*c));
@@ -228,11 +319,15 @@ static void conn_fail(struct conn *c, enum spop_status status, const char *why)
 
 	if (c->state == CONN_CLOSING)
 		return;
-	if (status == SPOP_ERR_NONE)
+	if (status == SPOP_ERR_NONE) {
 		LOG_DEBUG("conn %llu: closing: %s", (unsigned long long)c->id, why);
-	else
-		LOG_INFO("conn %llu: disconnect status %d (%s): %s", (unsigned long long)c->id,
-			 (int)status, spop_status_str(status), why);
+	} else {
+		char peer[80];
+
+		CONN_REFUSAL_LOG(c->env, CONN_REFUSAL_PROTOCOL, "conn %llu%s: disconnect status %d (%s): %s",
+				 (unsigned long long)c->id, conn_peer_str(c->fd, peer, sizeof(peer)), (int)status,
+				 spop_status_str(status), why);
+	}
 	c->env->stats.disconnect_sent[status < 99 ? status : 99]++;
 	conn_closing(c);
 	if (!wbuf_reserve(c, 256)) {
@@ -486,7 +581,7 @@ static bool is_normal_close(int err)
  */
 static ssize_t tls_result(struct conn *c, int r, bool reading)
 {
-	char why[256];
+	char why[256], peer[80];
 
 	switch (SSL_get_error(c->ssl, r)) {
 	case SSL_ERROR_WANT_READ:
@@ -510,8 +605,9 @@ static ssize_t tls_result(struct conn *c, int r, bool reading)
 			return -1; /* errno says what the socket did */
 		/* fallthrough */
 	default:
-		LOG_INFO("conn %llu: TLS %s: %s", (unsigned long long)c->id, reading ? "read" : "write",
-			 tls_error_string(why, sizeof(why), "error"));
+		tls_error_string(why, sizeof(why), "error");
+		CONN_REFUSAL_LOG(c->env, CONN_REFUSAL_TLS, "conn %llu%s: TLS %s: %s", (unsigned long long)c->id,
+				 conn_peer_str(c->fd, peer, sizeof(peer)), reading ? "read" : "write", why);
 		errno = ECONNRESET;
 		return -1;
 	}
@@ -552,35 +648,6 @@ static ssize_t conn_send(struct conn *c, const void *buf, size_t n)
 	return r > 0 ? (ssize_t)r : tls_result(c, r, false);
 }
 
-/* "from ADDR:PORT" of a TCP peer, for the lines that tell an operator who
- * was refused; "" for a unix socket or when it cannot be had. */
-static const char *peer_str(const struct conn *c, char *buf, size_t size)
-{
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof(ss);
-	char host[INET6_ADDRSTRLEN];
-	int port;
-
-	buf[0] = '\0';
-	if (getpeername(c->fd, (struct sockaddr *)&ss, &len) == -1)
-		return buf;
-	if (ss.ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
-
-		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-		port = ntohs(in->sin_port);
-	} else if (ss.ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
-
-		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-		port = ntohs(in6->sin6_port);
-	} else {
-		return buf;
-	}
-	snprintf(buf, size, " from %s:%d", host, port);
-	return buf;
-}
-
 /*
  * Advances the TLS handshake: 1 once it is done, 0 while it waits for the
  * peer (the watchers are set for what it waits on), -1 when it failed and
@@ -616,12 +683,12 @@ static int conn_handshake(struct conn *c)
 	c->env->stats.tls_handshake_failures++;
 	tls_error_string(why, sizeof(why), "the peer closed the connection");
 	if (SSL_get_verify_result(c->ssl) != X509_V_OK)
-		LOG_INFO("conn %llu%s: TLS handshake failed: client certificate: %s (%s)", (unsigned long long)c->id,
-			 peer_str(c, peer, sizeof(peer)), X509_verify_cert_error_string(SSL_get_verify_result(c->ssl)),
-			 why);
+		CONN_REFUSAL_LOG(c->env, CONN_REFUSAL_TLS, "conn %llu%s: TLS handshake failed: client certificate: %s (%s)",
+				 (unsigned long long)c->id, conn_peer_str(c->fd, peer, sizeof(peer)),
+				 X509_verify_cert_error_string(SSL_get_verify_result(c->ssl)), why);
 	else
-		LOG_INFO("conn %llu%s: TLS handshake failed: %s", (unsigned long long)c->id,
-			 peer_str(c, peer, sizeof(peer)), why);
+		CONN_REFUSAL_LOG(c->env, CONN_REFUSAL_TLS, "conn %llu%s: TLS handshake failed: %s",
+				 (unsigned long long)c->id, conn_peer_str(c->fd, peer, sizeof(peer)), why);
 	conn_close(c);
 	return -1;
 }
@@ -772,8 +839,9 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 			/* No TLS channel to say it on: just close. */
 			c->env->stats.tls_handshake_failures++;
-			LOG_INFO("conn %llu%s: TLS handshake not finished within hello_timeout_ms",
-				 (unsigned long long)c->id, peer_str(c, peer, sizeof(peer)));
+			CONN_REFUSAL_LOG(c->env, CONN_REFUSAL_TLS,
+					 "conn %llu%s: TLS handshake not finished within hello_timeout_ms",
+					 (unsigned long long)c->id, conn_peer_str(c->fd, peer, sizeof(peer)));
 			conn_close(c);
 			break;
 		}

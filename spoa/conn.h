@@ -16,10 +16,28 @@
 #define TOKENGATE_CONN_H
 
 #include <ev.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "config.h"
 #include "engine.h"
+#include "log.h"
+#include "ratelog.h"
+
+/*
+ * Peers the listener refuses or drops, by kind. Each kind logs at most
+ * CONN_REFUSAL_LOG_PER_S lines a second (with the peer's address), then
+ * one "suppressed K similar messages" line: a peer opening thousands of
+ * bad connections must not flood the log. The metrics count every one.
+ */
+enum conn_refusal {
+	CONN_REFUSAL_TLS = 0,  /* TLS handshake failed or timed out, TLS errors */
+	CONN_REFUSAL_PROTOCOL, /* AGENT-DISCONNECT with an error status */
+	CONN_REFUSAL_LIMIT,    /* accepted and closed at max_connections */
+	CONN_REFUSAL_COUNT
+};
+
+#define CONN_REFUSAL_LOG_PER_S 10
 
 /* Counters the metrics code reads; only the loop thread writes them. */
 struct conn_stats {
@@ -37,6 +55,7 @@ struct conn_stats {
 	uint64_t paused_backpressure;
 	uint64_t tls_handshakes;
 	uint64_t tls_handshake_failures;
+	uint64_t refusal_lines_suppressed[CONN_REFUSAL_COUNT];
 };
 
 /* What every connection shares: owned by main, outlives all conns. */
@@ -50,6 +69,7 @@ struct conn_env {
 	struct conn_stats stats;
 	void (*on_free)(void *arg); /* a slot became free (listener resumes) */
 	void *on_free_arg;
+	struct ratelog refusal_log[CONN_REFUSAL_COUNT]; /* set up on first use */
 };
 
 struct conn;
@@ -67,5 +87,35 @@ unsigned conn_drain_all(struct conn_env *env);
 
 /* Closes and frees every connection at once (final exit). */
 void conn_free_all(struct conn_env *env);
+
+/* " from ADDR:PORT" of the TCP peer on fd, into buf, for the lines that
+ * tell an operator who was refused; "" for a unix socket or when it cannot
+ * be had. Returns buf. */
+const char *conn_peer_str(int fd, char *buf, size_t size);
+
+/* "tls", "protocol", "limit": the kind as metrics label it. */
+const char *conn_refusal_str(enum conn_refusal kind);
+
+/* The level a kind's lines are logged at. */
+enum log_level conn_refusal_level(enum conn_refusal kind);
+
+/*
+ * True when one line about a refused peer of this kind may be written now
+ * (its level is on, and the kind is within its rate); when lines were held
+ * back before it, writes their summary first. Use CONN_REFUSAL_LOG.
+ */
+bool conn_refusal_log_ok(struct conn_env *env, enum conn_refusal kind);
+
+/* For a timer (about every second): writes the summary of the lines held
+ * back by a flood that has stopped. */
+void conn_refusal_log_tick(struct conn_env *env);
+
+/* Logs one line about a refused peer, within the kind's rate; the
+ * arguments (e.g. the peer's address) are not even evaluated otherwise. */
+#define CONN_REFUSAL_LOG(env, kind, ...)                                        \
+	do {                                                                    \
+		if (conn_refusal_log_ok((env), (kind)))                         \
+			log_write(conn_refusal_level(kind), __VA_ARGS__);       \
+	} while (0)
 
 #endif

@@ -36,7 +36,7 @@ struct http_server {
 	int fd;
 	int port;
 	ev_io io;
-	char token[256];
+	char token[HTTP_TOKEN_MAX + 1];
 	http_handler handler;
 	void *arg;
 	struct http_conn *conns;
@@ -258,6 +258,10 @@ struct http_server *http_start(struct ev_loop *loop, const char *addr, int allow
 
 	if (!colon || colon == addr || (size_t)(colon - addr) >= sizeof(host)) {
 		snprintf(err, errsz, "admin_listen: \"%s\" is not HOST:PORT", addr);
+		return NULL;
+	}
+	if (token && strlen(token) > HTTP_TOKEN_MAX) {
+		snprintf(err, errsz, "admin_token: longer than %d bytes", HTTP_TOKEN_MAX);
 		return NULL;
 	}
 	hlen = (size_t)(colon - addr);

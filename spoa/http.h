@@ -26,8 +26,12 @@ struct http_reply {
  */
 typedef void (*http_handler)(const char *path, struct http_reply *out, void *arg);
 
+/* Longest token http_start() takes. */
+#define HTTP_TOKEN_MAX 255
+
 /* Binds addr ("HOST:PORT", port 0 = any). Refuses a non-loopback host
- * unless allow_public. NULL with err on failure. */
+ * unless allow_public, and a token longer than HTTP_TOKEN_MAX (cut, it
+ * would never match). token is copied. NULL with err on failure. */
 struct http_server *http_start(struct ev_loop *loop, const char *addr, int allow_public, const char *token,
 			       http_handler handler, void *arg, char *err, size_t errsz);
 int http_port(const struct http_server *s);

@@ -58,9 +58,12 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 			return;
 		}
 		if (l->env->nconns >= (unsigned)l->env->cfg->max_connections) {
+			char peer[80];
+
 			l->env->stats.rejected_limit++;
-			LOG_DEBUG("connection limit %ld reached: closing a new connection",
-				  l->env->cfg->max_connections);
+			CONN_REFUSAL_LOG(l->env, CONN_REFUSAL_LIMIT,
+					 "connection%s closed at once: max_connections (%ld) reached",
+					 conn_peer_str(fd, peer, sizeof(peer)), l->env->cfg->max_connections);
 			close(fd);
 			continue;
 		}

@@ -20,6 +20,7 @@
 #include "http.h"
 #include "listener.h"
 #include "tls.h"
+#include "tokenfile.h"
 #include "logsock.h"
 #include "log.h"
 #include "metrics.h"
@@ -196,6 +197,18 @@ static int drop_privileges(const char *user, char *err, size_t errsz)
 	return 0;
 }
 
+/* The admin listener's token: admin_token, or the first line of
+ * admin_token_file, which keeps it out of ps and of the config file. Read
+ * once, at start (admin_* wait for a restart). */
+static int admin_token(const struct config *c, char *out, size_t outsz, char *err, size_t errsz)
+{
+	if (!c->admin_token_file[0]) {
+		snprintf(out, outsz, "%s", c->admin_token);
+		return 0;
+	}
+	return tokenfile_read("admin_token_file", c->admin_token_file, out, outsz, err, errsz);
+}
+
 /* With no --db: tokengate.db next to the config file, or here. */
 static void resolve_paths(struct config *c, const char *config_file)
 {
@@ -273,6 +286,7 @@ static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	(void)w;
 	(void)revents;
 	engine_tick(g.env.engine, ev_now(loop));
+	conn_refusal_log_tick(&g.env);
 }
 
 static void admin_cb(const char *path, struct http_reply *out, void *arg)
@@ -434,7 +448,7 @@ static void reload_cb(struct ev_loop *loop, ev_signal *w, int revents)
 
 int main(int argc, char **argv)
 {
-	char err[512], num[32];
+	char err[512], num[32], token[HTTP_TOKEN_MAX + 1];
 	int check = 0, default_secret;
 
 	for (int i = 1; i < argc; i++) {
@@ -474,6 +488,13 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		SSL_CTX_free(ctx);
+	}
+	if (check) {
+		if (admin_token(&g.cfg, token, sizeof(token), err, sizeof(err)) == -1) {
+			fprintf(stderr, "tokengate: %s\n", err);
+			return 2;
+		}
+		explicit_bzero(token, sizeof(token));
 	}
 	if (check) {
 		struct store *s = NULL;
@@ -530,9 +551,15 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	/* Before dropping privileges, like the TLS key; checked even with the
+	 * listener off, so that a bad file is found before it is needed. */
+	if (admin_token(&g.cfg, token, sizeof(token), err, sizeof(err)) == -1) {
+		LOG_ERROR("%s", err);
+		return 1;
+	}
 	if (g.cfg.admin_listen[0]) {
-		g.admin = http_start(g.env.loop, g.cfg.admin_listen, g.cfg.admin_allow_public, g.cfg.admin_token,
-				     admin_cb, NULL, err, sizeof(err));
+		g.admin = http_start(g.env.loop, g.cfg.admin_listen, g.cfg.admin_allow_public, token, admin_cb, NULL,
+				     err, sizeof(err));
 		if (!g.admin) {
 			LOG_ERROR("%s", err);
 			return 1;
@@ -545,6 +572,7 @@ int main(int argc, char **argv)
 			}
 		}
 	}
+	explicit_bzero(token, sizeof(token)); /* the listener keeps its own copy */
 	/* Every socket is bound: from here on, no more privileges. */
 	if (drop_privileges(g.cfg.user, err, sizeof(err)) == -1) {
 		LOG_ERROR("%s", err);

@@ -57,6 +57,12 @@ static void render_spop(struct buf *b, const struct conn_stats *st, unsigned nco
 	buf_printf(b, "tokengate_spop_tls_handshakes_total{result=\"ok\"} %llu\n", (unsigned long long)st->tls_handshakes);
 	buf_printf(b, "tokengate_spop_tls_handshakes_total{result=\"failed\"} %llu\n",
 		   (unsigned long long)st->tls_handshake_failures);
+	head(b, "tokengate_log_lines_suppressed_total", "counter",
+	     "Log lines about refused SPOP peers held back by the per-kind rate limit (the refusals "
+	     "themselves are all counted above).");
+	for (unsigned k = 0; k < CONN_REFUSAL_COUNT; k++)
+		buf_printf(b, "tokengate_log_lines_suppressed_total{kind=\"%s\"} %llu\n", conn_refusal_str(k),
+			   (unsigned long long)st->refusal_lines_suppressed[k]);
 }
 
 static void render_engine(struct buf *b, struct engine *e)

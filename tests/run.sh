@@ -4,9 +4,11 @@
 #   TG_BUILD=build            the build whose binaries are tested
 #   TG_ASAN_BUILD=build-asan  optional: run the unit and end-to-end suites
 #                             again with these ASan+UBSan binaries
-#   TG_FUZZ_SECONDS=60        optional: libFuzzer runs of the frame decoder and
-#                             the body scanner, that long each (needs
-#                             $TG_ASAN_BUILD/fuzz_frame, fuzz_body, fuzz_logline), 0 = skip
+#   TG_FUZZ_SECONDS=60        optional: libFuzzer runs of the frame decoder, the
+#                             body scanner, the log-line parser and the config
+#                             file reader, that long each (needs
+#                             $TG_ASAN_BUILD/fuzz_frame, fuzz_body, fuzz_logline,
+#                             fuzz_config), 0 = skip
 #   TG_VALGRIND=1             optional: a few end-to-end suites again with the
 #                             agent under valgrind (tests/valgrind.sh, about 40 s)
 #   TG_ONLY=pattern           run only suites whose name contains pattern
@@ -79,10 +81,14 @@ unit() {
 	run "unit/fallback$tag" "$bdir/test_fallback"
 	run "unit/redact$tag" "$bdir/test_redact"
 	run "unit/store$tag" "$bdir/test_store"
+	run "unit/config$tag" "$bdir/test_config"
+	run "unit/tokenfile$tag" "$bdir/test_tokenfile"
+	run "unit/ratelog$tag" "$bdir/test_ratelog"
 	run "unit/wire-selftest$tag" "$bdir/wire_selftest"
 	run "unit/fuzz-corpus-replay$tag" "$bdir/fuzz_replay" tests/fuzz/corpus
 	run "unit/fuzz-body-corpus-replay$tag" "$bdir/fuzz_body_replay" tests/fuzz/corpus-body
 	run "unit/fuzz-logline-corpus-replay$tag" "$bdir/fuzz_logline_replay" tests/fuzz/corpus-logline
+	run "unit/fuzz-config-corpus-replay$tag" "$bdir/fuzz_config_replay" tests/fuzz/corpus-config
 }
 
 e2e() {
@@ -127,7 +133,14 @@ if [ "$FUZZ" -gt 0 ] && [ -n "$A" ]; then
 				"$A/fuzz-corpus-logline" tests/fuzz/corpus-logline &&
 			echo "1 passed, 0 failed"
 	}
-	run "fuzz/log-line-and-config-parsers (${FUZZ}s)" fuzzlog
+	run "fuzz/log-line-parser-and-config-setter (${FUZZ}s)" fuzzlog
+	fuzzconfig() {
+		mkdir -p "$A/fuzz-corpus-config" &&
+			"$A/fuzz_config" -max_total_time="$FUZZ" -max_len=4096 -print_final_stats=1 -artifact_prefix="$A/" \
+				"$A/fuzz-corpus-config" tests/fuzz/corpus-config &&
+			echo "1 passed, 0 failed"
+	}
+	run "fuzz/config-file-reader (${FUZZ}s)" fuzzconfig
 fi
 
 echo "$passed passed, $failed failed"

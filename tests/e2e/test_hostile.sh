@@ -385,7 +385,7 @@ rss_kb() {
 
 # metric NAME: its value on the agent's /metrics now (empty if absent).
 metric() {
-	tg_scrape "$TG_TMP/metrics.txt" && tg_metric "$TG_TMP/metrics.txt" "$1"
+	tg_scrape "$TG_TMP/metrics.txt" && tg_metric "$TG_TMP/metrics.txt" "$@"
 }
 metric_is() { # NAME VALUE
 	[ "$(metric "$1")" = "$2" ]
@@ -535,6 +535,7 @@ tg_start_agent --max-connections "$MAXC" || tg_bail "agent did not start (flood)
 "$LOAD" -p "$TG_AGENT_PORT" -c 2 -P 4 -n 1000 -w 0 >/dev/null 2>&1 # warm up
 tg_poll 3 metric_is tokengate_spop_connections 0 || echo "# the warm-up connections are still open"
 rss0=$(rss_kb)
+L0=$(wc -l <"$TG_TMP/agent.log")
 rm -f "$TG_TMP/flood.ready" "$TG_TMP/flood.release"
 t0=$(tg_now_ms)
 hx_start flood flood "$TG_AGENT_PORT" "$N" "$TG_TMP/flood.ready" "$TG_TMP/flood.release" 20
@@ -551,6 +552,21 @@ tg_assert_eq "$((N - MAXC))" "$(hx_field "$f" closed_by_agent)" "flood: the $((N
 tg_assert_eq "$((N - MAXC))" "$(metric tokengate_spop_connections_rejected_total)" \
 	"flood: tokengate_spop_connections_rejected_total = $((N - MAXC))"
 tg_assert_eq "$MAXC" "$(metric tokengate_spop_connections)" "flood: tokengate_spop_connections = $MAXC"
+# The refusals' log lines are rate-limited (10 a second, then a summary of
+# what was held back); written + held back accounts for each refusal once.
+limit_lines() {
+	tail -n "+$((L0 + 1))" "$TG_TMP/agent.log" | awk '
+		/closed at once: max_connections/ { w++ }
+		/connections over max_connections: suppressed [0-9]+ similar messages/ { sub(/.*suppressed /, ""); h += $1 }
+		END { printf "%d %d\n", w, h }'
+}
+limit_told() { set -- $(limit_lines); [ $(($1 + $2)) -ge $((N - MAXC)) ]; }
+tg_poll 5 limit_told
+set -- $(limit_lines)
+tg_assert_lt "$1" 300 "flood: refusals logged at a bounded rate ($1 lines for $((N - MAXC)) refusals)"
+tg_assert_eq "$((N - MAXC))" "$(($1 + $2))" "flood: lines written ($1) + held back in \"suppressed\" lines ($2) = $((N - MAXC))"
+tg_assert_eq "$2" "$(metric tokengate_log_lines_suppressed_total kind=limit)" \
+	"flood: tokengate_log_lines_suppressed_total{kind=\"limit\"} = $2"
 : >"$TG_TMP/flood.release"
 tg_wait_exit "$FLOOD" 10 || tg_stop_pid "$FLOOD"
 if tg_poll 5 metric_is tokengate_spop_connections 0; then

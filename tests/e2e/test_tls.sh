@@ -15,7 +15,8 @@
 #      certificate, a certificate from another CA, a handshake that never
 #      finishes (closed at hello_timeout_ms): each closed and counted in
 #      tokengate_spop_tls_handshakes_total{result="failed"}, and HAProxy's
-#      traffic is served all along.
+#      traffic is served all along. 2,000 of them in a row: a few dozen log
+#      lines and "suppressed" summaries, the metric counts all 2,000.
 #   5. HAProxy presenting a certificate from another CA, or expecting
 #      another agent name: the agent server is DOWN, fail-closed answers.
 #   6. SIGHUP picks up a rotated certificate for new connections; a key
@@ -187,6 +188,56 @@ OK1=$(tg_metric "$TG_TMP/m.prom" tokengate_spop_tls_handshakes_total result=ok)
 tg_assert_lt 5 "${OK1:-0}" "successful handshakes are counted too (${OK1:-none})"
 tg_chat -H 'x-user: tls-alice'
 tg_assert_eq "allow/ok" "$(tg_header x-llm-decision)" "HAProxy's traffic was served all along"
+
+# ---- 4b. a flood of refused peers: the log is rate-limited, the metrics exact ----
+# 2,000 connections that speak HTTP to the TLS port, one after the other,
+# each waiting for the agent to close it (so that each was handled).
+# CONN_REFUSAL_LOG_PER_S is 10: a few dozen lines, then "suppressed" lines.
+tg_scrape "$TG_TMP/m.prom"
+F0=$(tg_metric "$TG_TMP/m.prom" tokengate_spop_tls_handshakes_total result=failed)
+S0=$(tg_metric "$TG_TMP/m.prom" tokengate_log_lines_suppressed_total kind=tls)
+L0=$(wc -l <"$TG_TMP/agent.log")
+flood=$("$TG_PYTHON" -c 'import socket, sys
+closed = 0
+for i in range(2000):
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+    try:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        while s.recv(4096):
+            pass
+        closed += 1
+    except OSError:
+        closed += 1  # a reset is a close too
+    finally:
+        s.close()
+print(closed)' "$TG_AGENT_PORT" 2>&1)
+tg_assert_eq 2000 "$flood" "2,000 peers speaking HTTP to the TLS port: each closed by the agent"
+# flood_lines: "WRITTEN HELD": refusal lines written since the flood began,
+# and the messages their summaries say were held back.
+flood_lines() {
+	tail -n "+$((L0 + 1))" "$TG_TMP/agent.log" | awk '
+		/TLS handshake failed/ { w++ }
+		/TLS refusals: suppressed [0-9]+ similar messages in the last/ {
+			sub(/.*suppressed /, ""); h += $1
+		}
+		END { printf "%d %d\n", w, h }'
+}
+all_told() { set -- $(flood_lines); [ $(($1 + $2)) -ge 2000 ]; }
+tg_poll 5 all_told
+set -- $(flood_lines)
+written=$1 held=$2
+tg_assert_lt "$written" 200 "  the log has far fewer refusal lines than refusals ($written)"
+tg_assert_lt 0 "$held" "  and \"suppressed K similar messages\" lines ($held held back)"
+tg_assert_eq 2000 $((written + held)) "  lines written + held back = 2,000, once each"
+tg_assert_match "*from 127.0.0.1:*TLS handshake failed*" "$(tail -n "+$((L0 + 1))" "$TG_TMP/agent.log" | grep -m1 'TLS handshake failed')" \
+	"  a written line names the peer's address"
+tg_scrape "$TG_TMP/m.prom"
+tg_assert_eq $((F0 + 2000)) "$(tg_metric "$TG_TMP/m.prom" tokengate_spop_tls_handshakes_total result=failed)" \
+	"  tokengate_spop_tls_handshakes_total{result=\"failed\"} counts all 2,000"
+tg_assert_eq $((S0 + held)) "$(tg_metric "$TG_TMP/m.prom" tokengate_log_lines_suppressed_total kind=tls)" \
+	"  tokengate_log_lines_suppressed_total{kind=\"tls\"} counts the lines held back"
+tg_chat -H 'x-user: tls-alice'
+tg_assert_eq "allow/ok" "$(tg_header x-llm-decision)" "  HAProxy's traffic was served through the flood"
 
 # ---- 5. HAProxy with the wrong credentials ------------------------------------
 wait_down() { [ "$(tg_server_field spoe_tokengate tg1 status)" = DOWN ]; }
