@@ -8,7 +8,7 @@
 #       the kill is in daily_usage (the measured loss is printed); after a
 #       restart the counters continue from the database.
 #   (c) Another process holds the write lock for 5 s: every decision still
-#       comes within 100 ms, and once the lock goes no counter is lost.
+#       comes within 400 ms, and once the lock goes no counter is lost.
 # Run from anywhere: sh tests/e2e/test_budget_durability.sh
 
 # shellcheck source=tests/e2e/lib.sh
@@ -196,7 +196,9 @@ while [ $(($(tg_now_ms) - LOCK_MS)) -lt 4000 ]; do
 	tg_chat -H "x-user: $L"
 	n_lock=$((n_lock + 1))
 	[ "$(tg_header x-llm-decision)" = allow/ok ] || undecided="$undecided [$n_lock: $TG_STATUS '$(tg_header x-llm-decision)' gate '$(tg_header x-llm-gate)']"
-	awk -v t="$TG_TIME" 'BEGIN { exit !(t + 0 >= 0.1) }' && slow="$slow [$n_lock: ${TG_TIME}s]"
+	# A request stuck behind the 5 s lock would take seconds; 0.4 s leaves
+	# room for a loaded machine (109 ms was seen with a soak beside it).
+	awk -v t="$TG_TIME" 'BEGIN { exit !(t + 0 >= 0.4) }' && slow="$slow [$n_lock: ${TG_TIME}s]"
 	max_t=$(awk -v a="$TG_TIME" -v b="$max_t" 'BEGIN { print (a + 0 > b + 0) ? a : b }')
 	sleep 0.05
 done
@@ -211,9 +213,9 @@ else
 	tg_fail "lock: all requests decided by the agent" "$undecided"
 fi
 if [ -z "$slow" ]; then
-	tg_ok "lock: every request answered within 100 ms (slowest ${max_t}s; processing timeout 500 ms)"
+	tg_ok "lock: every request answered within 400 ms (slowest ${max_t}s; the lock lasts 5 s, processing timeout 500 ms)"
 else
-	tg_fail "lock: every request answered within 100 ms" "$slow"
+	tg_fail "lock: every request answered within 400 ms" "$slow"
 fi
 if [ "${during:-0}" -lt "$n_lock" ]; then
 	tg_ok "lock: the agent's writes were held back by the lock (db had '${during:-no row}' of $n_lock)"
