@@ -1098,6 +1098,11 @@ struct batch *engine_take_batch(struct engine *e)
 	return b;
 }
 
+size_t engine_rewrite_usage(struct engine *e)
+{
+	return ledger_mark_all_dirty(e->ledger);
+}
+
 void engine_set_store_pending(struct engine *e, size_t rows)
 {
 	e->store_pending = rows;

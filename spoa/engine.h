@@ -120,6 +120,12 @@ void engine_expire_all(struct engine *e, double now);
  * owns the batch. */
 struct batch *engine_take_batch(struct engine *e);
 
+/* Puts every counter held in memory into the next batch again, e.g. after
+ * the database was opened again: a file system forced read-only drops what
+ * it had not yet written, and counters are written as absolute values, so
+ * writing them again restores them. Returns how many user-days. */
+size_t engine_rewrite_usage(struct engine *e);
+
 /* Hands back an emptied batch for the engine to fill next (it keeps one;
  * any other is freed). */
 void engine_recycle(struct engine *e, struct batch *b);

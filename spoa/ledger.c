@@ -362,6 +362,20 @@ size_t ledger_dirty_count(const struct ledger *l)
 	return l->ndirty;
 }
 
+size_t ledger_mark_all_dirty(struct ledger *l)
+{
+	for (int i = 0; i < LEDGER_DAYS; i++) {
+		struct ledger_day *d = &l->days[i];
+
+		if (!d->used)
+			continue;
+		for (size_t k = 0; k < d->users.cap; k++)
+			if (d->users.slots[k].key)
+				mark_dirty(l, d->users.slots[k].val);
+	}
+	return l->ndirty;
+}
+
 void ledger_evict(struct ledger *l)
 {
 	for (int i = 0; i < LEDGER_DAYS; i++) {

@@ -109,6 +109,10 @@ size_t ledger_user_count(const struct ledger *l);
 void ledger_flush_dirty(struct ledger *l, bool (*fn)(const struct ledger_usage *u, void *arg), void *arg);
 size_t ledger_dirty_count(const struct ledger *l);
 
+/* Marks every entry of every day held dirty, so that the next flush writes
+ * them all again. Returns how many are dirty now. */
+size_t ledger_mark_all_dirty(struct ledger *l);
+
 /* Calls fn on every user of the current day. */
 void ledger_each_today(const struct ledger *l, void (*fn)(const struct ledger_usage *u, void *arg), void *arg);
 

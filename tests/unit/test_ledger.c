@@ -3,7 +3,9 @@
  * many users over more than one block keep their names, counters and
  * alignment; a second day has its own entries; a past day without open
  * reservations or dirty entries is freed by ledger_evict (ASan and
- * valgrind runs of this test catch a leak or a use after free).
+ * valgrind runs of this test catch a leak or a use after free);
+ * ledger_mark_all_dirty puts every entry of every day held, changed or
+ * only loaded, into the next flush, each once.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -77,10 +79,58 @@ static void test_many_users_two_days(void **state)
 	ledger_free(l);
 }
 
+static bool count_clean(const struct ledger_usage *u, void *arg)
+{
+	size_t *n = arg;
+
+	assert_true(u->dirty);
+	(*n)++;
+	return true;
+}
+
+static void test_mark_all_dirty(void **state)
+{
+	struct ledger *l = ledger_new();
+	struct ledger_usage *u;
+	size_t n = 0;
+
+	(void)state;
+	assert_non_null(l);
+	assert_int_equal(ledger_set_today(l, 100, "2026-11-28"), 0);
+	u = ledger_user(l, "a", 1, true);
+	assert_non_null(u);
+	ledger_charge(l, u, 10, 20, 0, 1, 0, 0);
+	assert_int_equal(ledger_set_today(l, 101, "2026-11-29"), 0);
+	/* Loaded at start (clean), then one of them changed. */
+	assert_int_equal(ledger_load(l, "b", 1, 2, 1, 0, 0, 0), 0);
+	assert_int_equal(ledger_load(l, "c", 3, 4, 1, 0, 0, 0), 0);
+	u = ledger_user(l, "b", 1, false);
+	assert_non_null(u);
+	ledger_charge(l, u, 5, 5, 0, 1, 0, 0);
+	assert_int_equal(ledger_dirty_count(l), 2);
+
+	/* Nothing is lost by marking twice: each entry is listed once. */
+	assert_int_equal(ledger_mark_all_dirty(l), 3);
+	assert_int_equal(ledger_mark_all_dirty(l), 3);
+	ledger_flush_dirty(l, count_clean, &n);
+	assert_int_equal(n, 3);
+	assert_int_equal(ledger_dirty_count(l), 0);
+
+	/* The past day, flushed, goes; marking again then covers today's. */
+	ledger_evict(l);
+	assert_int_equal(ledger_user_count(l), 2);
+	assert_int_equal(ledger_mark_all_dirty(l), 2);
+	n = 0;
+	ledger_flush_dirty(l, count_clean, &n);
+	assert_int_equal(n, 2);
+	ledger_free(l);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_many_users_two_days),
+		cmocka_unit_test(test_mark_all_dirty),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
