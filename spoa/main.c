@@ -43,6 +43,7 @@ static struct {
 	struct http_server *admin;
 	struct logsock *logsock;
 	struct metrics_sources sources;
+	uint64_t db_reopens; /* store_stats.reopens already acted on */
 	int stopping;
 	ev_signal sigterm, sigint, sighup;
 	ev_timer drain_timer, flush_timer, tick_timer;
@@ -276,6 +277,14 @@ static void flush_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 		store_get_stats(g.store, &st);
 		engine_set_store_pending(g.env.engine, st.pending_log_rows);
+		/* The database was opened again: what its file system had not
+		 * yet written when it failed is gone (synchronous=NORMAL does
+		 * not sync each commit), so every counter goes out again. */
+		if (st.reopens != g.db_reopens) {
+			g.db_reopens = st.reopens;
+			LOG_INFO("db: opened again; writing the counters of all %zu user-days held in memory again",
+				 engine_rewrite_usage(g.env.engine));
+		}
 	}
 	w->repeat = (double)engine_policy(g.env.engine)->flush_interval_ms / 1000.0;
 	ev_timer_again(loop, w);

@@ -205,6 +205,12 @@ static void render_store(struct buf *b, struct store *s)
 	}
 	buf_printf(b, "tokengate_db_flush_duration_seconds_sum %.9g\n", st.flush_ms_total / 1000.0);
 	buf_printf(b, "tokengate_db_flush_duration_seconds_count %llu\n", (unsigned long long)cum);
+	one(b, "tokengate_db_reopens_total", "counter",
+	    "Times the database was closed after lasting read-only or I/O errors and opened again.",
+	    (double)st.reopens);
+	one(b, "tokengate_db_reopen_failures_total", "counter",
+	    "Attempts to open the database again that failed (still read-only, missing, not this agent's).",
+	    (double)st.reopen_failures);
 	one(b, "tokengate_db_rows_refused_total", "counter",
 	    "Rows the database refused on a constraint and that were skipped (see the log).", (double)st.rows_refused);
 	one(b, "tokengate_db_pending_rows", "gauge", "Rows waiting to be written (the write-behind queue).",

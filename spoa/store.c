@@ -22,6 +22,15 @@
 #define STORE_RETRY_S 0.5
 #define STORE_PROBE_IDLE_S 5.0
 #define STORE_PURGE_BATCH 1000
+/* A write refused this many times in a row with a code that a new
+ * connection may cure (store_reopen_cures) closes the connection. It is
+ * then opened again at once, and after each failed attempt STORE_REOPEN_MIN_S
+ * later, the wait doubling up to STORE_REOPEN_MAX_S. Between attempts no
+ * file of the database is open, so that a file system forced read-only can
+ * be unmounted and mounted again under a running agent. */
+#define STORE_REOPEN_AFTER 3
+#define STORE_REOPEN_MIN_S 0.1
+#define STORE_REOPEN_MAX_S 1.0
 
 enum stmt_id {
 	ST_USAGE,
@@ -109,6 +118,13 @@ struct store {
 	struct store_stats stats;
 	/* Writer thread only: */
 	struct batch *carried;   /* refused, to retry */
+	char *path;              /* what a reopen opens */
+	int refused;             /* writes refused in a row that a reopen may cure */
+	double next_reopen;      /* while db is NULL (closed): the next attempt */
+	double reopen_wait;      /* and the wait after a failed one */
+	bool reload;             /* load the policy at the next poll, changed or not */
+	char logged_refusal[160]; /* the conditions last logged: each is logged */
+	char logged_reopen[160];  /* once per change, not once per attempt */
 	long poll_ms;
 	int64_t data_version;
 	ev_async async;
@@ -127,10 +143,43 @@ static double mono_now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* The errno of the connection's last failed system call, 0 if unknown.
+ * sqlite3_system_errno reads errno when the error is reported, often 0 by
+ * then; each file keeps the errno of its own last failure: the WAL (where
+ * commits write) first, then the database file. */
+static int sys_errno(sqlite3 *db)
+{
+	sqlite3_file *f = NULL;
+	int e = sqlite3_system_errno(db);
+
+	if (!e && sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &f) == SQLITE_OK && f &&
+	    f->pMethods)
+		f->pMethods->xFileControl(f, SQLITE_FCNTL_LAST_ERRNO, &e);
+	if (!e)
+		sqlite3_file_control(db, "main", SQLITE_FCNTL_LAST_ERRNO, &e);
+	return e;
+}
+
+/* SQLite's message, with errno's text where the error came from the file
+ * system: "disk I/O error" alone does not tell a failing disk from a file
+ * system the kernel forced read-only. */
+static void describe(sqlite3 *db, char *out, size_t size)
+{
+	int e = store_reopen_cures(sqlite3_extended_errcode(db)) ? sys_errno(db) : 0;
+
+	if (e)
+		snprintf(out, size, "%s (%s)", sqlite3_errmsg(db), strerror(e));
+	else
+		snprintf(out, size, "%s", sqlite3_errmsg(db));
+}
+
 static void set_error(struct store *s, const char *what)
 {
+	char msg[140];
+
+	describe(s->db, msg, sizeof(msg));
 	pthread_mutex_lock(&s->mu);
-	snprintf(s->stats.last_error, sizeof(s->stats.last_error), "%s: %s", what, sqlite3_errmsg(s->db));
+	snprintf(s->stats.last_error, sizeof(s->stats.last_error), "%s: %s", what, msg);
 	s->stats.db_ok = 0;
 	pthread_mutex_unlock(&s->mu);
 }
@@ -202,6 +251,45 @@ static void sqlite_setup(void)
 	sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 }
 
+/* The connection's settings, the same for the first open and a reopen.
+ * -1 with SQLite's message in err. */
+static int tune(sqlite3 *db, char *sub, size_t subsz)
+{
+	sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
+	/* WAL lets operators read (and the shell write) while we write;
+	 * NORMAL syncs at checkpoints only: a power loss may lose the last
+	 * transactions, a crash of this process loses nothing committed. */
+	if (exec(db, "PRAGMA journal_mode = WAL", sub, subsz) == -1 ||
+	    exec(db, "PRAGMA synchronous = NORMAL", sub, subsz) == -1 ||
+	    exec(db, "PRAGMA cache_size = -" STORE_CACHE_KB, sub, subsz) == -1)
+		return -1;
+	return 0;
+}
+
+static int prepare_all(struct store *s, char *err, size_t errsz)
+{
+	for (int i = 0; i < ST_COUNT; i++) {
+		if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
+		    SQLITE_OK) {
+			snprintf(err, errsz, "%s", sqlite3_errmsg(s->db));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Closes the connection (s->db NULL afterwards): every file of the
+ * database is closed, its WAL index unmapped. */
+static void db_close(struct store *s)
+{
+	for (int i = 0; i < ST_COUNT; i++) {
+		sqlite3_finalize(s->st[i]);
+		s->st[i] = NULL;
+	}
+	sqlite3_close(s->db);
+	s->db = NULL;
+}
+
 struct store *store_open(const char *path, char *err, size_t errsz)
 {
 	static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -216,41 +304,65 @@ struct store *store_open(const char *path, char *err, size_t errsz)
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
 	s->retention_days = 30;
+	if (!(s->path = strdup(path))) {
+		snprintf(err, errsz, "db: out of memory");
+		goto fail;
+	}
 	if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
 			    NULL) != SQLITE_OK) {
 		snprintf(err, errsz, "db %s: %s", path, s->db ? sqlite3_errmsg(s->db) : "cannot open");
 		goto fail;
 	}
-	sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
-	/* WAL lets operators read (and the shell write) while we write;
-	 * NORMAL syncs at checkpoints only: a power loss may lose the last
-	 * transactions, a crash of this process loses nothing committed. */
-	if (exec(s->db, "PRAGMA journal_mode = WAL", sub, sizeof(sub)) == -1 ||
-	    exec(s->db, "PRAGMA synchronous = NORMAL", sub, sizeof(sub)) == -1 ||
-	    exec(s->db, "PRAGMA cache_size = -" STORE_CACHE_KB, sub, sizeof(sub)) == -1) {
+	if (tune(s->db, sub, sizeof(sub)) == -1) {
 		snprintf(err, errsz, "db %s: %s", path, sub);
 		goto fail;
 	}
 	if (migrate(s->db, path, err, errsz) == -1)
 		goto fail;
-	for (int i = 0; i < ST_COUNT; i++) {
-		if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
-		    SQLITE_OK) {
-			snprintf(err, errsz, "db %s: %s", path, sqlite3_errmsg(s->db));
-			goto fail;
-		}
+	if (prepare_all(s, sub, sizeof(sub)) == -1) {
+		snprintf(err, errsz, "db %s: %s", path, sub);
+		goto fail;
 	}
 	s->data_version = pragma_int(s->db, "PRAGMA data_version");
 	s->stats.db_ok = 1;
 	return s;
 fail:
-	for (int i = 0; i < ST_COUNT; i++)
-		sqlite3_finalize(s->st[i]);
-	sqlite3_close(s->db);
+	db_close(s);
+	free(s->path);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
 	free(s);
 	return NULL;
+}
+
+int store_reopen_cures(int code)
+{
+	switch (code & 0xff) {
+	case SQLITE_READONLY:
+		/* The file, its directory or the file system refused a
+		 * write, or the file was moved or replaced: a connection
+		 * opened afresh sees the file system as it is now. */
+	case SQLITE_CANTOPEN:
+		/* A file (e.g. the WAL) that could not be opened: its file
+		 * system may come back (mounted again). */
+		return 1;
+	case SQLITE_IOERR:
+		/* The file system failed a read, write or sync (EIO, or
+		 * EROFS from a file system the kernel forced read-only
+		 * under open files, which stays so until it is unmounted:
+		 * only closing every file lets that happen). Out of memory
+		 * is reported as an I/O error too, and a reopen does not
+		 * cure that. */
+		return code != SQLITE_IOERR_NOMEM;
+	default:
+		/* SQLITE_FULL clears on the same connection once space
+		 * returns; BUSY and LOCKED once the other writer ends;
+		 * CORRUPT and NOTADB are in the file's bytes, which a new
+		 * connection reads the same (and an operator must look at
+		 * them before anything writes there again); CONSTRAINT and
+		 * the like are rows the schema refuses, skipped. */
+		return 0;
+	}
 }
 
 /* --- loading ------------------------------------------------------------ */
@@ -727,7 +839,7 @@ static int write_batch(struct store *s, const struct batch *b, bool lenient)
 
 	now_iso(now, sizeof(now));
 	if (step_reset(s->st[ST_BEGIN]) == -1) {
-		code = sqlite3_errcode(s->db);
+		code = sqlite3_extended_errcode(s->db);
 		set_error(s, "write");
 		return code != SQLITE_OK ? code : SQLITE_BUSY;
 	}
@@ -737,7 +849,7 @@ static int write_batch(struct store *s, const struct batch *b, bool lenient)
 		goto fail;
 	return 0;
 fail:
-	code = sqlite3_errcode(s->db);
+	code = sqlite3_extended_errcode(s->db);
 	set_error(s, "write");
 	step_reset(s->st[ST_ROLLBACK]);
 	return code != SQLITE_OK ? code : SQLITE_ERROR;
@@ -752,6 +864,148 @@ static size_t batch_rows(const struct batch *b)
 static size_t batch_log_rows(const struct batch *b)
 {
 	return b ? b->naudit + b->nprompts : 0;
+}
+
+/* --- closing and opening again -------------------------------------------- */
+
+/*
+ * Commits one agent_state row, name = now: what proves that writes work.
+ * Taking the write lock does not: in WAL mode it lives in the WAL index, in
+ * memory, and is granted on a file system that refuses every write. 0, or
+ * SQLite's extended code with why filled and everything rolled back.
+ */
+static int write_mark(struct store *s, const char *name, char *why, size_t whysz)
+{
+	sqlite3_stmt *st = s->st[ST_STATE];
+	char now[32];
+	int code;
+
+	now_iso(now, sizeof(now));
+	if (step_reset(s->st[ST_BEGIN]) == -1) {
+		code = sqlite3_extended_errcode(s->db);
+		describe(s->db, why, whysz);
+		return code != SQLITE_OK ? code : SQLITE_BUSY;
+	}
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, now, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
+	if (step_reset(st) == 0 && step_reset(s->st[ST_COMMIT]) == 0)
+		return 0;
+	code = sqlite3_extended_errcode(s->db);
+	describe(s->db, why, whysz);
+	step_reset(s->st[ST_ROLLBACK]);
+	return code != SQLITE_OK ? code : SQLITE_ERROR;
+}
+
+/*
+ * Opens the database at s->path again. Never creates it: where the file is
+ * gone (its file system not mounted, say) a new empty database would take
+ * its place and the operators' limits would silently not apply; so a
+ * missing file, or one without this agent's schema, is an error that the
+ * next attempt retries. The connection is kept only once a write has
+ * committed on it. 0, or -1 with the reason in err and nothing open.
+ */
+static int reopen(struct store *s, char *err, size_t errsz)
+{
+	unsigned latest = schema_migration_count ? schema_migrations[schema_migration_count - 1].version : 0;
+	char sub[256];
+	int64_t have;
+
+	if (sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+		if (s->db)
+			describe(s->db, sub, sizeof(sub));
+		snprintf(err, errsz, "open: %.140s", s->db ? sub : "out of memory");
+		goto fail;
+	}
+	/* SQLite opens the file read-only, without an error, when the file
+	 * system refuses O_RDWR (EROFS). */
+	if (sqlite3_db_readonly(s->db, "main") == 1) {
+		snprintf(err, errsz, "open: the file system is read-only (the file opens only for reading)");
+		goto fail;
+	}
+	sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
+	/* Before anything that could write to it (journal_mode would turn an
+	 * empty file into a database). */
+	have = pragma_int(s->db, "PRAGMA user_version");
+	if (have < 0) {
+		describe(s->db, sub, sizeof(sub));
+		snprintf(err, errsz, "read: %.140s", sub);
+		goto fail;
+	}
+	if (have != (int64_t)latest) {
+		snprintf(err, errsz, "schema version %lld where %u was expected: not this agent's database",
+			 (long long)have, latest);
+		goto fail;
+	}
+	if (tune(s->db, sub, sizeof(sub)) == -1 || prepare_all(s, sub, sizeof(sub)) == -1) {
+		snprintf(err, errsz, "%.150s", sub);
+		goto fail;
+	}
+	if (write_mark(s, "db_reopened_at", sub, sizeof(sub)) != 0) {
+		snprintf(err, errsz, "write: %.140s", sub);
+		goto fail;
+	}
+	return 0;
+fail:
+	db_close(s);
+	return -1;
+}
+
+/* One attempt to open the database again (s->db is NULL); on failure the
+ * next one is scheduled. The reason is logged when it changes. */
+static void try_reopen(struct store *s, double now)
+{
+	char why[160];
+
+	if (reopen(s, why, sizeof(why)) == -1) {
+		s->reopen_wait = s->reopen_wait < STORE_REOPEN_MIN_S ? STORE_REOPEN_MIN_S : s->reopen_wait * 2;
+		if (s->reopen_wait > STORE_REOPEN_MAX_S)
+			s->reopen_wait = STORE_REOPEN_MAX_S;
+		s->next_reopen = now + s->reopen_wait;
+		pthread_mutex_lock(&s->mu);
+		s->stats.reopen_failures++;
+		snprintf(s->stats.last_error, sizeof(s->stats.last_error), "reopen: %.150s", why);
+		s->stats.db_ok = 0;
+		pthread_mutex_unlock(&s->mu);
+		if (strcmp(why, s->logged_reopen) != 0) {
+			LOG_ERROR("db %s: cannot open it again, retrying every %g s at most; rows stay in memory: %s",
+				  s->path, STORE_REOPEN_MAX_S, why);
+			snprintf(s->logged_reopen, sizeof(s->logged_reopen), "%s", why);
+		}
+		return;
+	}
+	s->refused = 0;
+	s->reopen_wait = 0;
+	s->logged_reopen[0] = '\0';
+	/* A new connection's data_version does not compare with the old
+	 * one's, and the file may have changed meanwhile (restored, say). */
+	s->reload = true;
+	pthread_mutex_lock(&s->mu);
+	s->stats.reopens++;
+	/* Up now unless rows wait: then when they are written. */
+	if (!s->carried)
+		s->stats.db_ok = 1;
+	pthread_mutex_unlock(&s->mu);
+	LOG_INFO("db %s: opened again, writes work; %zu rows waiting are written next", s->path,
+		 batch_rows(s->carried));
+}
+
+/* After a write (rc 0 or SQLite's code): a refusal that a reopen may cure
+ * and that lasts closes the connection; try_reopen takes over. */
+static void after_write(struct store *s, int rc)
+{
+	if (rc == 0 || !store_reopen_cures(rc)) {
+		s->refused = 0;
+		return;
+	}
+	if (++s->refused < STORE_REOPEN_AFTER)
+		return;
+	LOG_ERROR("db %s: %d writes refused in a row (%s): closing the database to open it again", s->path,
+		  s->refused, s->stats.last_error);
+	db_close(s);
+	s->refused = 0;
+	s->reopen_wait = 0;
+	s->next_reopen = mono_now();
 }
 
 /* Writes carried (merged with what just came); keeps it on failure. */
@@ -787,12 +1041,18 @@ static void flush_carried(struct store *s)
 		if (!s->stats.db_ok)
 			LOG_INFO("db: writes work again; %zu rows written", batch_rows(s->carried));
 		s->stats.db_ok = 1;
+		s->logged_refusal[0] = '\0';
 	} else {
-		if (s->stats.flush_errors++ % 20 == 0)
+		s->stats.flush_errors++;
+		/* Once per condition: a retry every 0.5 s is no news. */
+		if (strcmp(s->stats.last_error, s->logged_refusal) != 0) {
 			LOG_ERROR("db: write refused, %zu rows kept for retry: %s", batch_rows(s->carried),
 				  s->stats.last_error);
+			snprintf(s->logged_refusal, sizeof(s->logged_refusal), "%s", s->stats.last_error);
+		}
 	}
 	pthread_mutex_unlock(&s->mu);
+	after_write(s, rc);
 	if (rc == 0) {
 		pthread_mutex_lock(&s->mu);
 		if (s->nrecycled < 2) {
@@ -866,9 +1126,10 @@ static void check_changes(struct store *s)
 	struct policy *p;
 	char err[256];
 
-	if (v == s->data_version)
+	if (v == s->data_version && !s->reload)
 		return;
 	s->data_version = v;
+	s->reload = false;
 	p = load_policy(s, err, sizeof(err));
 	pthread_mutex_lock(&s->mu);
 	if (!p) {
@@ -908,19 +1169,23 @@ static void carry(struct store *s, struct batch *list)
 }
 
 /* An idle agent still learns that its database became read-only, full or
- * locked: take the write lock and let it go. */
+ * locked (and, read-only, closes it to open it again): one small write. */
 static void probe_writable(struct store *s)
 {
-	int ok = step_reset(s->st[ST_BEGIN]) == 0;
+	char why[140];
+	int rc = write_mark(s, "last_probe_at", why, sizeof(why));
 
-	if (ok) {
-		step_reset(s->st[ST_ROLLBACK]);
-		pthread_mutex_lock(&s->mu);
+	pthread_mutex_lock(&s->mu);
+	if (rc == 0) {
+		if (!s->stats.db_ok)
+			LOG_INFO("db: writes work again");
 		s->stats.db_ok = 1;
-		pthread_mutex_unlock(&s->mu);
 	} else {
-		set_error(s, "write probe");
+		snprintf(s->stats.last_error, sizeof(s->stats.last_error), "write probe: %s", why);
+		s->stats.db_ok = 0;
 	}
+	pthread_mutex_unlock(&s->mu);
+	after_write(s, rc);
 }
 
 static void *writer_main(void *arg)
@@ -943,6 +1208,8 @@ static void *writer_main(void *arg)
 
 			if (s->carried && next_retry - now < wait)
 				wait = next_retry - now;
+			if (!s->db && s->next_reopen - now < wait)
+				wait = s->next_reopen - now;
 			if (wait > 0) {
 				clock_gettime(CLOCK_REALTIME, &until);
 				until.tv_sec += (time_t)wait;
@@ -970,7 +1237,14 @@ static void *writer_main(void *arg)
 			policy_free(dispose[i]);
 		carry(s, got);
 		now = mono_now();
-		if (s->carried && (got || now >= next_retry || stop)) {
+		/* Closed after lasting refusals (after_write): open it again;
+		 * once open, what waits is written and the rules read at once. */
+		if (!s->db && now >= s->next_reopen && !stop) {
+			try_reopen(s, now);
+			if (s->db)
+				next_retry = next_poll = last_write = now;
+		}
+		if (s->db && s->carried && (got || now >= next_retry || stop)) {
 			last_write = now;
 			flush_carried(s);
 			if (s->carried)
@@ -979,14 +1253,16 @@ static void *writer_main(void *arg)
 		if (stop)
 			break;
 		if (now >= next_poll) {
-			check_changes(s);
-			if (!s->carried && now - last_write >= STORE_PROBE_IDLE_S) {
+			if (s->db)
+				check_changes(s);
+			if (s->db && !s->carried && now - last_write >= STORE_PROBE_IDLE_S) {
 				probe_writable(s);
 				last_write = now;
 			}
 			next_poll = now + (double)s->poll_ms / 1000.0;
 		}
-		if (now >= next_purge) {
+		/* Closed: the purge waits for the reopen. */
+		if (now >= next_purge && s->db) {
 			purge(s, retention);
 			next_purge = now + (double)s->purge_s;
 		}
@@ -1119,7 +1395,10 @@ size_t store_close(struct store *s, long final_wait_ms)
 	carry(s, s->pending);
 	s->pending = s->pending_tail = NULL;
 	while (s->carried) {
-		flush_carried(s);
+		if (!s->db)
+			try_reopen(s, mono_now());
+		if (s->db)
+			flush_carried(s);
 		if (!s->carried || mono_now() >= deadline)
 			break;
 		nanosleep(&(struct timespec){0, 100000000L}, NULL);
@@ -1133,12 +1412,11 @@ size_t store_close(struct store *s, long final_wait_ms)
 		batch_free(s->recycled[i]);
 	for (int i = 0; i < s->ndispose; i++)
 		policy_free(s->dispose_list[i]);
-	for (int i = 0; i < ST_COUNT; i++)
-		sqlite3_finalize(s->st[i]);
-	sqlite3_close(s->db);
+	db_close(s);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
 	free(s->prompt_days);
+	free(s->path);
 	free(s);
 	return lost;
 }

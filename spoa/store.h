@@ -9,6 +9,16 @@
  *     each; a batch the database refuses (locked, read-only, full) is
  *     kept, merged with the next ones and retried, so nothing is lost
  *     once the condition clears;
+ *   - when the refusal is one a new connection may cure (read-only, an
+ *     I/O error, a file that cannot be opened: store_reopen_cures) and it
+ *     lasts (3 writes in a row), the connection is closed and the file
+ *     opened again at the same path, at once and then every 0.1 s to 1 s,
+ *     with no file of it open in between (so that a file system forced
+ *     read-only can be unmounted and mounted again). A reopen never
+ *     creates the file and refuses one without this agent's schema
+ *     version; it counts only once a write commits. The rules are then
+ *     read again (stats.reopens tells the loop, which writes its
+ *     counters again: what the file system lost is restored);
  *   - every poll interval it reads PRAGMA data_version, and when another
  *     process changed the database it loads a fresh policy and hands it
  *     to the loop through an ev_async (store_start's on_policy);
@@ -51,13 +61,16 @@ struct store_stats {
 	size_t pending_batches;    /* submitted, not yet written */
 	size_t pending_rows;       /* rows waiting, retries included */
 	size_t pending_log_rows;   /* of those, audit and prompt rows */
+	uint64_t reopens;          /* connections opened again after lasting refusals */
+	uint64_t reopen_failures;  /* attempts to open it again that failed */
 	int db_ok;                 /* the last write or load worked */
 	char last_error[160];
 };
 
 struct store;
 
-/* Opens (creating if needed) and migrates the database. NULL with err. */
+/* Opens (creating if needed) and migrates the database. NULL with err.
+ * The path is kept: the writer opens it again after lasting refusals. */
 struct store *store_open(const char *path, char *err, size_t errsz);
 
 /* Loads the policy (settings, tiers, users, overrides, keys, prices).
@@ -96,6 +109,13 @@ void store_dispose_policy(struct store *s, struct policy *p);
 void store_set_retention(struct store *s, long days);
 
 void store_get_stats(struct store *s, struct store_stats *out);
+
+/* 1 when a write that failed with SQLite's (extended) result code `code`
+ * may work on a connection opened afresh: read-only (SQLITE_READONLY_*),
+ * an I/O error other than out of memory (SQLITE_IOERR_*), a file that
+ * could not be opened (SQLITE_CANTOPEN_*). 0 for everything else: full,
+ * busy, locked, corrupt, not a database, constraints, out of memory. */
+int store_reopen_cures(int code);
 
 /*
  * Operators' one-shot commands (tokengate key/limit/usage), before
