@@ -5,6 +5,21 @@
  * handler sqlite3's shell uses (.timeout), must still get the lock.
  * Batches that cost the writer far more than the test keep its own gap
  * between transactions to microseconds, as in an agent far behind.
+ *
+ * And the store's reopen (issue 7, item 3), on a real SQLite file:
+ *
+ *   - which SQLite result codes close the connection to open it again
+ *     (store_reopen_cures): read-only, I/O errors, files that cannot be
+ *     opened; not full, busy, locked, corrupt, not a database, constraints
+ *     or out of memory;
+ *   - the whole cycle with the writer thread running, through a VFS shim
+ *     that makes every write fail (as a file system forced read-only does)
+ *     or every open fail (as an unmounted one does): the connection is
+ *     closed after lasting refusals, with no file open between attempts;
+ *     a missing file is not created and an empty one is not taken for the
+ *     database; once the faults clear, every row kept in memory lands.
+ *     tests/e2e/test_db_readonly.sh does the same with a real ext4 forced
+ *     read-only by the kernel (root only); this one runs anywhere.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <time.h>
@@ -233,11 +249,339 @@ static void test_purge_reads_the_time_index(void **state)
 	assert_int_equal(system(err), 0);
 }
 
+/* ---- a VFS that fails on demand --------------------------------------------- */
+
+static atomic_int fail_writes; /* every xWrite fails with SQLITE_IOERR_WRITE */
+static atomic_int fail_opens;  /* every xOpen fails with SQLITE_CANTOPEN */
+static atomic_int files_open;  /* files open through the shim now */
+
+static sqlite3_vfs *unix_vfs;
+static sqlite3_vfs shim_vfs;
+
+struct shim_file {
+	sqlite3_file base;
+	sqlite3_file *real; /* unix_vfs's file, right after this struct */
+};
+
+#define REAL(f) (((struct shim_file *)(f))->real)
+
+static int shim_close(sqlite3_file *f)
+{
+	atomic_fetch_sub(&files_open, 1);
+	return REAL(f)->pMethods->xClose(REAL(f));
+}
+static int shim_read(sqlite3_file *f, void *b, int n, sqlite3_int64 o)
+{
+	return REAL(f)->pMethods->xRead(REAL(f), b, n, o);
+}
+static int shim_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o)
+{
+	if (atomic_load(&fail_writes))
+		return SQLITE_IOERR_WRITE;
+	return REAL(f)->pMethods->xWrite(REAL(f), b, n, o);
+}
+static int shim_truncate(sqlite3_file *f, sqlite3_int64 n)
+{
+	if (atomic_load(&fail_writes))
+		return SQLITE_IOERR_TRUNCATE;
+	return REAL(f)->pMethods->xTruncate(REAL(f), n);
+}
+static int shim_sync(sqlite3_file *f, int fl)
+{
+	return REAL(f)->pMethods->xSync(REAL(f), fl);
+}
+static int shim_size(sqlite3_file *f, sqlite3_int64 *n)
+{
+	return REAL(f)->pMethods->xFileSize(REAL(f), n);
+}
+static int shim_lock(sqlite3_file *f, int l)
+{
+	return REAL(f)->pMethods->xLock(REAL(f), l);
+}
+static int shim_unlock(sqlite3_file *f, int l)
+{
+	return REAL(f)->pMethods->xUnlock(REAL(f), l);
+}
+static int shim_reserved(sqlite3_file *f, int *r)
+{
+	return REAL(f)->pMethods->xCheckReservedLock(REAL(f), r);
+}
+static int shim_fcntl(sqlite3_file *f, int op, void *a)
+{
+	return REAL(f)->pMethods->xFileControl(REAL(f), op, a);
+}
+static int shim_sector(sqlite3_file *f)
+{
+	return REAL(f)->pMethods->xSectorSize(REAL(f));
+}
+static int shim_devchar(sqlite3_file *f)
+{
+	return REAL(f)->pMethods->xDeviceCharacteristics(REAL(f));
+}
+static int shim_shmmap(sqlite3_file *f, int pg, int sz, int ext, void volatile **p)
+{
+	return REAL(f)->pMethods->xShmMap(REAL(f), pg, sz, ext, p);
+}
+static int shim_shmlock(sqlite3_file *f, int o, int n, int fl)
+{
+	return REAL(f)->pMethods->xShmLock(REAL(f), o, n, fl);
+}
+static void shim_shmbarrier(sqlite3_file *f)
+{
+	REAL(f)->pMethods->xShmBarrier(REAL(f));
+}
+static int shim_shmunmap(sqlite3_file *f, int del)
+{
+	return REAL(f)->pMethods->xShmUnmap(REAL(f), del);
+}
+static int shim_fetch(sqlite3_file *f, sqlite3_int64 o, int n, void **p)
+{
+	return REAL(f)->pMethods->xFetch(REAL(f), o, n, p);
+}
+static int shim_unfetch(sqlite3_file *f, sqlite3_int64 o, void *p)
+{
+	return REAL(f)->pMethods->xUnfetch(REAL(f), o, p);
+}
+
+static const sqlite3_io_methods shim_io = {
+	3,
+	shim_close,
+	shim_read,
+	shim_write,
+	shim_truncate,
+	shim_sync,
+	shim_size,
+	shim_lock,
+	shim_unlock,
+	shim_reserved,
+	shim_fcntl,
+	shim_sector,
+	shim_devchar,
+	shim_shmmap,
+	shim_shmlock,
+	shim_shmbarrier,
+	shim_shmunmap,
+	shim_fetch,
+	shim_unfetch,
+};
+
+static int shim_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags, int *out)
+{
+	struct shim_file *sf = (struct shim_file *)f;
+	int rc;
+
+	(void)vfs;
+	f->pMethods = NULL;
+	sf->real = (sqlite3_file *)(sf + 1);
+	if (atomic_load(&fail_opens))
+		return SQLITE_CANTOPEN;
+	rc = unix_vfs->xOpen(unix_vfs, name, sf->real, flags, out);
+	if (rc != SQLITE_OK)
+		return rc;
+	f->pMethods = &shim_io;
+	atomic_fetch_add(&files_open, 1);
+	return SQLITE_OK;
+}
+
+/* For one test, the shim becomes the default VFS, which store_open uses. */
+static int shim_setup(void **state)
+{
+	(void)state;
+	unix_vfs = sqlite3_vfs_find("unix");
+	if (!unix_vfs)
+		return -1;
+	shim_vfs = *unix_vfs;
+	shim_vfs.zName = "tg-faulty";
+	shim_vfs.szOsFile = (int)sizeof(struct shim_file) + unix_vfs->szOsFile;
+	shim_vfs.xOpen = shim_open;
+	shim_vfs.pNext = NULL;
+	return sqlite3_vfs_register(&shim_vfs, 1) == SQLITE_OK ? 0 : -1;
+}
+
+static int shim_teardown(void **state)
+{
+	(void)state;
+	sqlite3_vfs_unregister(&shim_vfs);
+	return 0;
+}
+
+/* ---- helpers --------------------------------------------------------------- */
+
+/* A batch with user u's day at tokens_in = tokens and one audit row. */
+static void submit(struct store *s, int64_t tokens)
+{
+	struct batch *b = batch_new();
+	struct batch_usage *u;
+	struct batch_audit *a;
+
+	assert_non_null(b);
+	u = batch_add_usage(b, "2026-11-29", "u", 1);
+	assert_non_null(u);
+	u->tokens_in = tokens;
+	u->requests = tokens / 10;
+	a = batch_add_audit(b);
+	assert_non_null(a);
+	a->decided_ms = 1795996800000LL + tokens;
+	a->tokens_in = a->tokens_out = -1;
+	a->status = a->latency_ms = -1;
+	batch_copy(a->user, sizeof(a->user), "u", 1);
+	batch_copy(a->action, sizeof(a->action), "allow", 5);
+	batch_copy(a->reason, sizeof(a->reason), "ok", 2);
+	batch_copy(a->outcome, sizeof(a->outcome), "expired", 7);
+	store_submit(s, b);
+}
+
+static struct store_stats wst;
+
+/* Polls the store's stats every 10 ms until cond holds, for at most 5 s. */
+#define WAIT_FOR(s, cond)                                                          \
+	do {                                                                       \
+		int waited_ = 0;                                                   \
+		for (;;) {                                                         \
+			store_get_stats((s), &wst);                                 \
+			if (cond)                                                  \
+				break;                                             \
+			if (waited_ >= 5000)                                       \
+				fail_msg("%s not within 5 s (last error: %s)", #cond, \
+					 wst.last_error);                           \
+			nanosleep(&(struct timespec){0, 10000000L}, NULL);         \
+			waited_ += 10;                                             \
+		}                                                                  \
+	} while (0)
+
+static int64_t query_int(const char *path, const char *sql)
+{
+	sqlite3 *db;
+	sqlite3_stmt *q;
+	int64_t v = -1;
+
+	/* The plain unix VFS: the checks see the file as it is. */
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, "unix"), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &q, NULL), SQLITE_OK);
+	if (sqlite3_step(q) == SQLITE_ROW)
+		v = sqlite3_column_int64(q, 0);
+	sqlite3_finalize(q);
+	sqlite3_close(db);
+	return v;
+}
+
+static void move(const char *dir, const char *from, const char *to)
+{
+	static const char *const suffix[] = {"", "-wal", "-shm"};
+	char a[256], b[256];
+
+	for (int i = 0; i < 3; i++) {
+		snprintf(a, sizeof(a), "%s/%s%s", dir, from, suffix[i]);
+		snprintf(b, sizeof(b), "%s/%s%s", dir, to, suffix[i]);
+		if (access(a, F_OK) == 0)
+			assert_int_equal(rename(a, b), 0);
+	}
+}
+
+/* ---- tests ------------------------------------------------------------------ */
+
+static void test_codes(void **state)
+{
+	static const int cured[] = {
+		SQLITE_READONLY,	  SQLITE_READONLY_RECOVERY, SQLITE_READONLY_CANTLOCK, SQLITE_READONLY_ROLLBACK,
+		SQLITE_READONLY_DBMOVED,  SQLITE_READONLY_CANTINIT, SQLITE_READONLY_DIRECTORY, SQLITE_IOERR,
+		SQLITE_IOERR_READ,	  SQLITE_IOERR_SHORT_READ,  SQLITE_IOERR_WRITE,	      SQLITE_IOERR_FSYNC,
+		SQLITE_IOERR_TRUNCATE,	  SQLITE_IOERR_FSTAT,	    SQLITE_IOERR_SHMOPEN,      SQLITE_IOERR_SHMMAP,
+		SQLITE_IOERR_CORRUPTFS,	  SQLITE_CANTOPEN,	    SQLITE_CANTOPEN_ISDIR,     SQLITE_CANTOPEN_NOTEMPDIR,
+	};
+	static const int not_cured[] = {
+		SQLITE_OK,	      SQLITE_ERROR,	       SQLITE_FULL,	       SQLITE_BUSY,
+		SQLITE_BUSY_SNAPSHOT, SQLITE_LOCKED,	       SQLITE_CORRUPT,	       SQLITE_CORRUPT_INDEX,
+		SQLITE_NOTADB,	      SQLITE_NOMEM,	       SQLITE_IOERR_NOMEM,     SQLITE_CONSTRAINT,
+		SQLITE_CONSTRAINT_CHECK, SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_MISMATCH, SQLITE_TOOBIG,
+		SQLITE_PROTOCOL,      SQLITE_PERM,	       SQLITE_MISUSE,	       SQLITE_INTERRUPT,
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cured) / sizeof(cured[0]); i++)
+		if (!store_reopen_cures(cured[i]))
+			fail_msg("code %d (%s) should lead to a reopen", cured[i], sqlite3_errstr(cured[i]));
+	for (size_t i = 0; i < sizeof(not_cured) / sizeof(not_cured[0]); i++)
+		if (store_reopen_cures(not_cured[i]))
+			fail_msg("code %d (%s) should not lead to a reopen", not_cured[i], sqlite3_errstr(not_cured[i]));
+}
+
+static void test_reopen_cycle(void **state)
+{
+	char dir[] = "/tmp/tg-test-store-XXXXXX", path[256], err[256];
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct store *s;
+	struct stat sb;
+	uint64_t fails;
+
+	(void)state;
+	assert_non_null(loop);
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/t.db", dir);
+	s = store_open(path, err, sizeof(err));
+	if (!s)
+		fail_msg("store_open: %s", err);
+	assert_int_equal(store_start(s, loop, 20, 3600, noop_policy, NULL), 0);
+
+	submit(s, 10);
+	WAIT_FOR(s, wst.flushes >= 1 && wst.pending_rows == 0);
+
+	/* Writes fail: kept, refused 3 times in a row, then the connection is
+	 * closed and opened again, which gets as far as its write check. */
+	atomic_store(&fail_writes, 1);
+	submit(s, 20);
+	WAIT_FOR(s, wst.reopen_failures >= 1);
+	assert_true(wst.flush_errors >= 3);
+	assert_int_equal(wst.db_ok, 0);
+	assert_non_null(strstr(wst.last_error, "reopen: write: disk I/O error"));
+	submit(s, 30); /* while closed: kept too */
+
+	/* Unmounted: opens fail. Between attempts nothing is open. */
+	atomic_store(&fail_opens, 1);
+	WAIT_FOR(s, strstr(wst.last_error, "unable to open") && atomic_load(&files_open) == 0);
+
+	/* Nothing at the path: no database is created there. */
+	move(dir, "t.db", "away.db");
+	atomic_store(&fail_opens, 0);
+	fails = wst.reopen_failures;
+	WAIT_FOR(s, wst.reopen_failures >= fails + 2);
+	assert_int_not_equal(access(path, F_OK), 0);
+
+	/* An empty file there is not taken for the database, nor written. */
+	fclose(fopen(path, "w"));
+	WAIT_FOR(s, strstr(wst.last_error, "schema version 0 where"));
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_size, 0);
+	assert_int_equal(unlink(path), 0);
+
+	/* Back, and writable: every kept row lands, the newest value wins. */
+	move(dir, "away.db", "t.db");
+	atomic_store(&fail_writes, 0);
+	WAIT_FOR(s, wst.db_ok && wst.pending_rows == 0 && wst.reopens == 1);
+	assert_int_equal(store_close(s, 1000), 0);
+	ev_loop_destroy(loop);
+	assert_int_equal(atomic_load(&files_open), 0);
+
+	assert_int_equal(query_int(path, "SELECT tokens_in FROM daily_usage WHERE user_id = 'u'"), 30);
+	assert_int_equal(query_int(path, "SELECT count(*) FROM audit_log WHERE user_id = 'u'"), 3);
+	assert_int_equal(query_int(path, "SELECT count(*) FROM agent_state WHERE name = 'db_reopened_at'"), 1);
+	move(dir, "t.db", "done.db");
+	for (const char *const *f = (const char *const[]){"done.db", "done.db-wal", "done.db-shm", NULL}; *f; f++) {
+		char p[300];
+
+		snprintf(p, sizeof(p), "%s/%s", dir, *f);
+		unlink(p);
+	}
+	assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_operator_update_gets_the_lock),
 		cmocka_unit_test(test_purge_reads_the_time_index),
+		cmocka_unit_test(test_codes),
+		cmocka_unit_test_setup_teardown(test_reopen_cycle, shim_setup, shim_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
