@@ -4,7 +4,8 @@
 # root. Idempotent.
 set -eu
 PKGS="build-essential clang pkg-config libev-dev libsqlite3-dev sqlite3 libssl-dev openssl
-libcjson-dev libcmocka-dev haproxy python3 curl tzdata redis-server redis-tools wrk procps prometheus socat valgrind"
+libcjson-dev libcmocka-dev haproxy python3 curl tzdata redis-server redis-tools wrk procps prometheus socat valgrind
+e2fsprogs mount"
 
 missing=""
 for p in $PKGS; do
