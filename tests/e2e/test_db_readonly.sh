@@ -115,8 +115,9 @@ done
 unshare -m true 2>/dev/null || tg_bail "read-only file system: unshare -m is not permitted here (needs root)"
 tg_start_mock primary ok || tg_bail "mock provider did not start"
 
-truncate -s 32M "$IMG" && mkfs.ext4 -q -F "$IMG" >"$TG_TMP/mkfs.log" 2>&1 ||
+if ! truncate -s 32M "$IMG" || ! mkfs.ext4 -q -F "$IMG" >"$TG_TMP/mkfs.log" 2>&1; then
 	tg_bail "read-only file system: mkfs.ext4 failed: $(cat "$TG_TMP/mkfs.log")"
+fi
 LOOP=$(losetup -f --show "$IMG" 2>"$TG_TMP/losetup.log") ||
 	tg_bail "read-only file system: no loop device (needs root): $(cat "$TG_TMP/losetup.log")"
 TRIGGER=/sys/fs/ext4/$(basename "$LOOP")/trigger_fs_error
@@ -193,7 +194,8 @@ nsenter -t "$NSPID" -m umount -l "$MNT" || tg_fail "umount -l of the read-only f
 if tg_poll 5 closed_all; then
 	tg_ok "unmounted: the agent has no file open or mapped on the device (${TG_POLL_MS} ms)"
 else
-	tg_fail "unmounted: the agent still holds files on the device" "$(ls -l "/proc/$NSPID/fd" 2>&1 | grep "$MNT")"
+	tg_fail "unmounted: the agent still holds files on the device" \
+		"$(for f in "/proc/$NSPID/fd/"*; do readlink "$f"; done | grep -F "$MNT")"
 fi
 if tg_poll 5 log_has 'cannot open it again.*unable to open database file'; then
 	tg_ok "unmounted: the agent logs that the database cannot be opened"
