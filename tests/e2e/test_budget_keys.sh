@@ -143,25 +143,40 @@ fi
 tg_assert_eq "" "$(tg_sql "SELECT user_id FROM daily_usage WHERE user_id LIKE 'sk-%'")" \
 	"no daily_usage row is named after a key"
 
-# ---- Keys never stored or logged in clear ------------------------------------
-# scan_keys WHEN: no key (nor the part of it after the 8-character prefix an
-# operator may store in key_prefix) in the db, its -wal or the agent's log.
+# ---- Keys and the secret never stored, logged or served in clear --------------
+# scan_keys WHEN [FILE...]: no key (nor the part of it after the 8-character
+# prefix an operator may store in key_prefix) in the db, its -wal, the
+# agent's log or the FILEs, and the HMAC secret in none of them.
 scan_keys() {
+	when=$1
+	shift
 	found=""
-	for k in "$K_VALID" "$K_FREE" "$K_FUTURE" "$K_EXPIRED" "$K_UNKNOWN"; do
-		for f in "$TG_DB" "$TG_DB-wal" "$TG_TMP/agent.log"; do
-			[ -f "$f" ] || continue
+	secret=$(head -n 1 "$SECRET")
+	for f in "$TG_DB" "$TG_DB-wal" "$TG_TMP/agent.log" "$@"; do
+		[ -f "$f" ] || continue
+		for k in "$K_VALID" "$K_FREE" "$K_FUTURE" "$K_EXPIRED" "$K_UNKNOWN"; do
 			grep -qaF "$k" "$f" && found="$found [$(printf '%.16s' "$k")... in $(basename "$f")]"
 			grep -qaF "${k#????????}" "$f" && found="$found [$(printf '%.16s' "$k")... (after the prefix) in $(basename "$f")]"
 		done
+		grep -qaF "$secret" "$f" && found="$found [the HMAC secret in $(basename "$f")]"
 	done
 	if [ -z "$found" ]; then
-		tg_ok "$1: no API key appears in the db, its -wal or the agent's debug log"
+		tg_ok "$when: no API key nor the HMAC secret appears in the db, its -wal, the agent's debug log${1:+, /metrics or /state}"
 	else
-		tg_fail "$1: no API key appears in the db, its -wal or the agent's debug log" "$found"
+		tg_fail "$when: no API key nor the HMAC secret appears in the db, its -wal, the agent's debug log${1:+, /metrics or /state}" "$found"
 	fi
 }
-scan_keys "agent running"
+# What the admin listener serves, after every kind of key was used.
+tg_admin_get /metrics "$TG_TMP/served.metrics"
+tg_assert_eq 200 "$TG_ADMIN_STATUS" "admin: /metrics answered"
+tg_admin_get /state "$TG_TMP/served.state"
+tg_assert_eq 200 "$TG_ADMIN_STATUS" "admin: /state answered"
+if grep -q '"users"\|users' "$TG_TMP/served.state"; then
+	tg_ok "control: /state lists what the agent holds (users)"
+else
+	tg_fail "control: /state lists what the agent holds (users)" "$(head -c 300 "$TG_TMP/served.state")"
+fi
+scan_keys "agent running" "$TG_TMP/served.metrics" "$TG_TMP/served.state"
 # Let everything reach the files: stop the agent (SIGTERM flushes, and may
 # checkpoint the -wal into the db).
 tg_stop_agent
