@@ -15,7 +15,7 @@
 #      certificate, a certificate from another CA, a handshake that never
 #      finishes (closed at hello_timeout_ms): each closed and counted in
 #      tokengate_spop_tls_handshakes_total{result="failed"}, and HAProxy's
-#      traffic is served all along. 2,000 of them in a row: a few dozen log
+#      traffic is served after each. 2,000 of them in a row: a few dozen log
 #      lines and "suppressed" summaries, the metric counts all 2,000.
 #   5. HAProxy presenting a certificate from another CA, or expecting
 #      another agent name: the agent server is DOWN, fail-closed answers.
@@ -237,7 +237,7 @@ tg_assert_eq $((F0 + 2000)) "$(tg_metric "$TG_TMP/m.prom" tokengate_spop_tls_han
 tg_assert_eq $((S0 + held)) "$(tg_metric "$TG_TMP/m.prom" tokengate_log_lines_suppressed_total kind=tls)" \
 	"  tokengate_log_lines_suppressed_total{kind=\"tls\"} counts the lines held back"
 tg_chat -H 'x-user: tls-alice'
-tg_assert_eq "allow/ok" "$(tg_header x-llm-decision)" "  HAProxy's traffic was served through the flood"
+tg_assert_eq "allow/ok" "$(tg_header x-llm-decision)" "  HAProxy's traffic is served right after the flood"
 
 # ---- 5. HAProxy with the wrong credentials ------------------------------------
 wait_down() { [ "$(tg_server_field spoe_tokengate tg1 status)" = DOWN ]; }
