@@ -547,14 +547,14 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	g.listener = listener_new(&g.env, g.cfg.listen, err, sizeof(err));
+	g.listener = listener_new(&g.env, g.cfg.listen, (uid_t)-1, (gid_t)-1, err, sizeof(err));
 	if (!g.listener) {
 		LOG_ERROR("%s", err);
 		return 1;
 	}
 	if (g.cfg.log_socket[0]) {
-		g.logsock = logsock_start(g.env.loop, g.cfg.log_socket, g.cfg.log_socket_mode, log_line_cb, NULL, err,
-					  sizeof(err));
+		g.logsock = logsock_start(g.env.loop, g.cfg.log_socket, g.cfg.log_socket_mode, (uid_t)-1, (gid_t)-1,
+					  log_line_cb, NULL, err, sizeof(err));
 		if (!g.logsock) {
 			LOG_ERROR("%s", err);
 			return 1;
