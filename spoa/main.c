@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <grp.h>
 #include <pwd.h>
 #include <unistd.h>
 
@@ -22,6 +21,7 @@
 #include "tls.h"
 #include "tokenfile.h"
 #include "logsock.h"
+#include "priv.h"
 #include "log.h"
 #include "metrics.h"
 #include "state.h"
@@ -42,6 +42,7 @@ static struct {
 	struct store *store;
 	struct http_server *admin;
 	struct logsock *logsock;
+	struct priv priv;
 	struct metrics_sources sources;
 	uint64_t db_reopens; /* store_stats.reopens already acted on */
 	int stopping;
@@ -163,39 +164,6 @@ static int write_file_atomic(const char *path, const char *text)
 	if (fputs(text, f) == EOF || fclose(f) == EOF)
 		return -1;
 	return rename(tmp, path);
-}
-
-/* Switches to an unprivileged user (config key `user`) once the sockets
- * are bound, before any file is opened. */
-static int drop_privileges(const char *user, char *err, size_t errsz)
-{
-	struct passwd *pw;
-
-	if (!user[0])
-		return 0;
-	pw = getpwnam(user);
-	if (!pw) {
-		snprintf(err, errsz, "user: no such user \"%s\"", user);
-		return -1;
-	}
-	if (geteuid() != 0) {
-		if (geteuid() == pw->pw_uid)
-			return 0;
-		snprintf(err, errsz, "user: running as uid %d, cannot become %s (start as root, or unset user)",
-			 (int)geteuid(), user);
-		return -1;
-	}
-	if (setgroups(0, NULL) == -1 || initgroups(user, pw->pw_gid) == -1 || setgid(pw->pw_gid) == -1 ||
-	    setuid(pw->pw_uid) == -1) {
-		snprintf(err, errsz, "user: cannot become %s: %s", user, strerror(errno));
-		return -1;
-	}
-	if (setuid(0) != -1) {
-		snprintf(err, errsz, "user: could become root again after switching to %s", user);
-		return -1;
-	}
-	LOG_INFO("running as %s (uid %d)", user, (int)pw->pw_uid);
-	return 0;
 }
 
 /* The admin listener's token: admin_token, or the first line of
@@ -539,6 +507,11 @@ int main(int argc, char **argv)
 	}
 	g.env.cfg = &g.cfg;
 	g.env.on_free = on_conn_free;
+	/* Before binding: the sockets are made for that user and group. */
+	if (priv_lookup(g.cfg.user, &g.priv, err, sizeof(err)) == -1) {
+		LOG_ERROR("%s", err);
+		return 1;
+	}
 	/* Before dropping privileges: keys are often readable by root only. */
 	if (g.cfg.tls_cert[0]) {
 		g.env.tls = tls_server_ctx(g.cfg.tls_cert, g.cfg.tls_key, g.cfg.tls_client_ca, err, sizeof(err));
@@ -547,13 +520,13 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	g.listener = listener_new(&g.env, g.cfg.listen, (uid_t)-1, (gid_t)-1, err, sizeof(err));
+	g.listener = listener_new(&g.env, g.cfg.listen, g.priv.uid, g.priv.gid, err, sizeof(err));
 	if (!g.listener) {
 		LOG_ERROR("%s", err);
 		return 1;
 	}
 	if (g.cfg.log_socket[0]) {
-		g.logsock = logsock_start(g.env.loop, g.cfg.log_socket, g.cfg.log_socket_mode, (uid_t)-1, (gid_t)-1,
+		g.logsock = logsock_start(g.env.loop, g.cfg.log_socket, g.cfg.log_socket_mode, g.priv.uid, g.priv.gid,
 					  log_line_cb, NULL, err, sizeof(err));
 		if (!g.logsock) {
 			LOG_ERROR("%s", err);
@@ -583,7 +556,7 @@ int main(int argc, char **argv)
 	}
 	explicit_bzero(token, sizeof(token)); /* the listener keeps its own copy */
 	/* Every socket is bound: from here on, no more privileges. */
-	if (drop_privileges(g.cfg.user, err, sizeof(err)) == -1) {
+	if (priv_drop(&g.priv, err, sizeof(err)) == -1) {
 		LOG_ERROR("%s", err);
 		return 1;
 	}
