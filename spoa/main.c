@@ -438,6 +438,11 @@ int main(int argc, char **argv)
 			return 0;
 		}
 	}
+	/* The database holds usage, key HMACs and prompts: for the agent's
+	 * user alone, not even its group, which HAProxy's user joins to reach
+	 * the sockets (they get their modes explicitly). Set before --check
+	 * and the admin commands too, which may create the database. */
+	umask(077);
 	g.argc = argc;
 	g.argv = argv;
 	if (build_config(&g.cfg, argc, argv, &g.config_file, &check, err, sizeof(err)) == -1) {
@@ -490,8 +495,6 @@ int main(int argc, char **argv)
 	log_threshold = (enum log_level)log_level_parse(g.cfg.log_level);
 	log_use_syslog(g.cfg.log_syslog);
 	signal(SIGPIPE, SIG_IGN);
-	/* The database holds usage and key HMACs: not for every local user. */
-	umask(027);
 
 #ifdef M_MMAP_THRESHOLD
 	/* Large arrays (flush batches after a writer stall) in their own
