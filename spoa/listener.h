@@ -18,8 +18,8 @@ struct listener;
 /*
  * Binds and listens on addr: "HOST:PORT", "[V6]:PORT" or a unix socket
  * path (anything containing '/'), and starts accepting on env->loop. A unix
- * socket gets unix_socket_mode and the owner uid:gid (uid (uid_t)-1: the
- * process's own); only a stale socket at the path is replaced (see
+ * socket gets unix_socket_mode and the owner uid:gid (each -1: as bind made
+ * it, the process's own); only a stale socket at the path is replaced (see
  * unixsock_bind). NULL with a message in err on failure.
  */
 struct listener *listener_new(struct conn_env *env, const char *addr, uid_t uid, gid_t gid, char *err,

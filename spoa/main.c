@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <pwd.h>
 #include <unistd.h>
 
 #include "admin.h"
@@ -419,8 +418,8 @@ static void reload_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	g.cfg = nc;
 	log_threshold = (enum log_level)log_level_parse(g.cfg.log_level);
 	log_use_syslog(g.cfg.log_syslog);
-	LOG_INFO("configuration reloaded (listen, db, secret_file, user, log_socket*, admin_*, unix_socket_mode, "
-		 "port_file, pid_file, purge_interval_s and db_poll_ms need a restart)");
+	LOG_INFO("configuration reloaded (listen, db, secret_file, user, socket_group, log_socket*, admin_*, "
+		 "unix_socket_mode, port_file, pid_file, purge_interval_s and db_poll_ms need a restart)");
 }
 
 int main(int argc, char **argv)
@@ -458,8 +457,8 @@ int main(int argc, char **argv)
 			return admin_run(&g.cfg, default_secret, argc, argv);
 		}
 	}
-	if (check && g.cfg.user[0] && !getpwnam(g.cfg.user)) {
-		fprintf(stderr, "tokengate: user: no such user \"%s\"\n", g.cfg.user);
+	if (check && priv_check_names(g.cfg.user, g.cfg.socket_group, err, sizeof(err)) == -1) {
+		fprintf(stderr, "tokengate: %s\n", err);
 		return 2;
 	}
 	if (check && g.cfg.tls_cert[0]) {
@@ -511,7 +510,7 @@ int main(int argc, char **argv)
 	g.env.cfg = &g.cfg;
 	g.env.on_free = on_conn_free;
 	/* Before binding: the sockets are made for that user and group. */
-	if (priv_lookup(g.cfg.user, &g.priv, err, sizeof(err)) == -1) {
+	if (priv_lookup(g.cfg.user, g.cfg.socket_group, &g.priv, err, sizeof(err)) == -1) {
 		LOG_ERROR("%s", err);
 		return 1;
 	}
@@ -523,14 +522,14 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	g.listener = listener_new(&g.env, g.cfg.listen, g.priv.uid, g.priv.gid, err, sizeof(err));
+	g.listener = listener_new(&g.env, g.cfg.listen, g.priv.sock_uid, g.priv.sock_gid, err, sizeof(err));
 	if (!g.listener) {
 		LOG_ERROR("%s", err);
 		return 1;
 	}
 	if (g.cfg.log_socket[0]) {
-		g.logsock = logsock_start(g.env.loop, g.cfg.log_socket, g.cfg.log_socket_mode, g.priv.uid, g.priv.gid,
-					  log_line_cb, NULL, err, sizeof(err));
+		g.logsock = logsock_start(g.env.loop, g.cfg.log_socket, g.cfg.log_socket_mode, g.priv.sock_uid,
+					  g.priv.sock_gid, log_line_cb, NULL, err, sizeof(err));
 		if (!g.logsock) {
 			LOG_ERROR("%s", err);
 			return 1;

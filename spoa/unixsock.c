@@ -54,13 +54,20 @@ int unixsock_bind(int fd, const char *what, const char *path, long mode, uid_t u
 		goto fail;
 	/* The path's inode, not the socket's (fchmod/fchown on a socket fd do
 	 * not reach the file the peers open). lchown: never follow a link. */
-	if (chmod(path, (mode_t)mode) == -1 || (uid != (uid_t)-1 && lchown(path, uid, gid) == -1)) {
+	if (chmod(path, (mode_t)mode) == -1)
+		goto fail_bound;
+	if ((uid != (uid_t)-1 || gid != (gid_t)-1) && lchown(path, uid, gid) == -1) {
 		saved = errno;
 		unlink(path);
-		errno = saved;
-		goto fail;
+		snprintf(err, errsz, "%s %s: cannot give it to uid %d, gid %d: %s", what, path, (int)uid, (int)gid,
+			 strerror(saved));
+		return -1;
 	}
 	return 0;
+fail_bound:
+	saved = errno;
+	unlink(path);
+	errno = saved;
 fail:
 	snprintf(err, errsz, "%s %s: %s", what, path, strerror(errno));
 	return -1;

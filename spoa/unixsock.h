@@ -18,8 +18,9 @@
 /*
  * Binds the AF_UNIX socket fd to path. A socket already at path is removed
  * first; anything else there (a regular file, a directory, a symlink, a
- * FIFO) is left alone and refused. Then sets the path's mode and, unless uid
- * is (uid_t)-1, its owner uid:gid. `what` names the setting in messages
+ * FIFO) is left alone and refused. Then sets the path's mode and its owner
+ * uid:gid (either (uid_t)-1 / (gid_t)-1: left as bind made it, as for
+ * chown). `what` names the setting in messages
  * ("log_socket", "listen"). Returns 0, or -1 with err naming the setting and
  * the path; the caller closes fd, and a path bound before the failure is
  * removed here.
