@@ -24,6 +24,21 @@ static const char *file_kind(mode_t m)
 	return "not a socket";
 }
 
+/* Whether path's owner differs from uid:gid (-1: any). Not calling lchown
+ * when it is already right matters under ops/tokengate.service, whose
+ * system call filter (~@privileged) kills a process that calls it: there
+ * the sockets are born with the unit's user and group. */
+static int chown_needed(const char *path, uid_t uid, gid_t gid)
+{
+	struct stat st;
+
+	if (uid == (uid_t)-1 && gid == (gid_t)-1)
+		return 0;
+	if (lstat(path, &st) == -1)
+		return 1; /* let lchown report it */
+	return (uid != (uid_t)-1 && st.st_uid != uid) || (gid != (gid_t)-1 && st.st_gid != gid);
+}
+
 int unixsock_bind(int fd, const char *what, const char *path, long mode, uid_t uid, gid_t gid, char *err,
 		  size_t errsz)
 {
@@ -56,7 +71,7 @@ int unixsock_bind(int fd, const char *what, const char *path, long mode, uid_t u
 	 * not reach the file the peers open). lchown: never follow a link. */
 	if (chmod(path, (mode_t)mode) == -1)
 		goto fail_bound;
-	if ((uid != (uid_t)-1 || gid != (gid_t)-1) && lchown(path, uid, gid) == -1) {
+	if (chown_needed(path, uid, gid) && lchown(path, uid, gid) == -1) {
 		saved = errno;
 		unlink(path);
 		snprintf(err, errsz, "%s %s: cannot give it to uid %d, gid %d: %s", what, path, (int)uid, (int)gid,
