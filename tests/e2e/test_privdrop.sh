@@ -18,8 +18,8 @@
 #      and HAProxy's log line of it reaches the agent and settles it
 #      (tokengate_requests_ended_by_log_total).
 #   3. Refusals: `--check --user` / `--socket-group` naming nobody that
-#      exists; `--user` of no such user stops the agent before it creates a
-#      socket; a log_socket or unix listen path that is a regular file is
+#      exists; `--user` or `--socket-group` of none stops the agent before it
+#      creates a socket; a log_socket or unix listen path that is a regular file is
 #      refused and the file kept; not root and not in socket_group: refused.
 # Needs root (useradd, setpriv): without it the test fails, it does not skip.
 # Run from anywhere: sh tests/e2e/test_privdrop.sh
@@ -200,6 +200,9 @@ tg_assert_eq 0 "$?" "--check with an existing user and group: exit 0"
 tg_assert_match "*configuration and database $TG_TMP/check.db OK*" "$out" "  and says so"
 refused 1 'user: no such user *tgpriv-nosuchuser' "starting with --user of no such user" \
 	--user tgpriv-nosuchuser --log-socket "$TG_TMP/run/never.sock"
+tg_assert_eq "" "$(ls -A "$TG_TMP/run")" "  it stopped before creating a socket"
+refused 1 'socket_group: no such group *tgpriv-nosuchgroup' "starting with --socket-group of no such group" \
+	--user "$AU" --socket-group tgpriv-nosuchgroup --log-socket "$TG_TMP/run/never.sock"
 tg_assert_eq "" "$(ls -A "$TG_TMP/run")" "  it stopped before creating a socket"
 
 printf 'precious\n' >"$TG_TMP/run/file"
