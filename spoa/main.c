@@ -438,9 +438,10 @@ int main(int argc, char **argv)
 		}
 	}
 	/* The database holds usage, key HMACs and prompts: for the agent's
-	 * user alone, not even its group, which HAProxy's user joins to reach
-	 * the sockets (they get their modes explicitly). Set before --check
-	 * and the admin commands too, which may create the database. */
+	 * user alone, not even its group, which is often HAProxy's so that
+	 * HAProxy reaches the sockets (they get their modes explicitly). Set
+	 * before --check and the admin commands too, which may create the
+	 * database. */
 	umask(077);
 	g.argc = argc;
 	g.argv = argv;
