@@ -32,6 +32,7 @@ static const struct config_key keys[] = {
 	STR(db, "", "SQLite database file (default: tokengate.db next to the config file, or in the current directory)"),
 	STR(secret_file, "", "file holding the HMAC secret for API keys (default: <db>.secret, created 0600 if missing)"),
 	STR(user, "", "after binding its sockets, switch to this user (when started as root)"),
+	STR(socket_group, "", "group of log_socket and of a unix listen socket, which their modes let in: the group HAProxy runs as (its `group`, e.g. haproxy; HAProxy drops supplementary groups); empty: the primary group of user, or the agent's own group"),
 	STR(port_file, "", "write the bound TCP port to this file once listening (for tests and supervisors)"),
 	STR(pid_file, "", "write the process id to this file"),
 	STR(log_socket, "/tmp/tokengate-log.sock", "unix datagram socket where HAProxy sends one log line per request (TG_AGENT_LOG in haproxy.cfg): how each request ended, with its real usage; empty = none"),

@@ -26,6 +26,7 @@ struct config {
 	char db[CONFIG_STR_MAX];
 	char secret_file[CONFIG_STR_MAX];
 	char user[64];
+	char socket_group[64];
 	char port_file[CONFIG_STR_MAX];
 	char log_socket[CONFIG_STR_MAX];
 	char admin_listen[CONFIG_STR_MAX];

@@ -10,11 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "unixsock.h"
 
 #define LISTEN_BACKLOG 4096
 #define ACCEPTS_PER_EVENT 64
@@ -83,30 +83,23 @@ static void resume_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		ev_io_start(loop, &l->io);
 }
 
-static int bind_unix(struct listener *l, const char *path, long mode, char *err, size_t errsz)
+static int bind_unix(struct listener *l, const char *path, long mode, uid_t uid, gid_t gid, char *err,
+		     size_t errsz)
 {
-	struct sockaddr_un sun = {.sun_family = AF_UNIX};
-
-	if (strlen(path) >= sizeof(sun.sun_path)) {
+	if (strlen(path) >= sizeof(l->path)) {
 		snprintf(err, errsz, "listen: unix socket path too long: %s", path);
 		return -1;
 	}
-	strcpy(sun.sun_path, path);
 	strcpy(l->path, path);
 	l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (l->fd == -1)
-		goto fail;
-	/* A stale socket from a previous run would make bind fail. */
-	unlink(path);
-	if (bind(l->fd, (struct sockaddr *)&sun, sizeof(sun)) == -1)
-		goto fail;
-	if (chmod(path, (mode_t)mode) == -1)
-		goto fail;
+	if (l->fd == -1) {
+		snprintf(err, errsz, "listen %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (unixsock_bind(l->fd, "listen", path, mode, uid, gid, err, errsz) == -1)
+		return -1;
 	l->is_unix = 1;
 	return 0;
-fail:
-	snprintf(err, errsz, "listen: %s: %s", path, strerror(errno));
-	return -1;
 }
 
 static int bind_tcp(struct listener *l, const char *addr, char *err, size_t errsz)
@@ -155,7 +148,8 @@ static int bind_tcp(struct listener *l, const char *addr, char *err, size_t errs
 	return 0;
 }
 
-struct listener *listener_new(struct conn_env *env, const char *addr, char *err, size_t errsz)
+struct listener *listener_new(struct conn_env *env, const char *addr, uid_t uid, gid_t gid, char *err,
+			      size_t errsz)
 {
 	struct listener *l = calloc(1, sizeof(*l));
 	int rc;
@@ -167,7 +161,7 @@ struct listener *listener_new(struct conn_env *env, const char *addr, char *err,
 	l->fd = -1;
 	l->env = env;
 	if (strchr(addr, '/'))
-		rc = bind_unix(l, addr, env->cfg->unix_socket_mode, err, errsz);
+		rc = bind_unix(l, addr, env->cfg->unix_socket_mode, uid, gid, err, errsz);
 	else
 		rc = bind_tcp(l, addr, err, errsz);
 	if (rc == -1)

@@ -6,11 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "unixsock.h"
 
 #define LOGSOCK_DGRAM_MAX 8192
 #define LOGSOCK_PER_EVENT 256
@@ -85,14 +85,13 @@ static void warn_queue_length(const char *path)
 	fclose(f);
 }
 
-struct logsock *logsock_start(struct ev_loop *loop, const char *path, long mode, logsock_line_fn fn, void *arg,
-			      char *err, size_t errsz)
+struct logsock *logsock_start(struct ev_loop *loop, const char *path, long mode, uid_t uid, gid_t gid,
+			      logsock_line_fn fn, void *arg, char *err, size_t errsz)
 {
-	struct sockaddr_un sun = {.sun_family = AF_UNIX};
 	struct logsock *s;
 	int rcvbuf = 4 << 20;
 
-	if (strlen(path) >= sizeof(sun.sun_path)) {
+	if (strlen(path) >= sizeof(s->path)) {
 		snprintf(err, errsz, "log_socket: path too long: %s", path);
 		return NULL;
 	}
@@ -101,25 +100,24 @@ struct logsock *logsock_start(struct ev_loop *loop, const char *path, long mode,
 		snprintf(err, errsz, "log_socket: out of memory");
 		return NULL;
 	}
-	strcpy(sun.sun_path, path);
 	strcpy(s->path, path);
 	s->loop = loop;
 	s->fn = fn;
 	s->arg = arg;
 	s->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (s->fd == -1)
+	if (s->fd == -1) {
+		snprintf(err, errsz, "log_socket %s: %s", path, strerror(errno));
 		goto fail;
+	}
 	/* Room for bursts of lines while the loop is busy. */
 	setsockopt(s->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-	unlink(path);
-	if (bind(s->fd, (struct sockaddr *)&sun, sizeof(sun)) == -1 || chmod(path, (mode_t)mode) == -1)
+	if (unixsock_bind(s->fd, "log_socket", path, mode, uid, gid, err, errsz) == -1)
 		goto fail;
 	ev_io_init(&s->io, read_cb, s->fd, EV_READ);
 	ev_io_start(loop, &s->io);
 	warn_queue_length(path);
 	return s;
 fail:
-	snprintf(err, errsz, "log_socket %s: %s", path, strerror(errno));
 	if (s->fd != -1)
 		close(s->fd);
 	free(s);

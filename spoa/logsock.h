@@ -16,15 +16,17 @@
 
 #include <ev.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 struct logsock;
 
 typedef void (*logsock_line_fn)(const char *line, size_t len, void *arg);
 
-/* Binds path (replacing a stale socket) with the given mode and reads
- * datagrams on loop. NULL with err on failure. */
-struct logsock *logsock_start(struct ev_loop *loop, const char *path, long mode, logsock_line_fn fn, void *arg,
-			      char *err, size_t errsz);
+/* Binds path with the given mode and owner uid:gid (each -1: as bind made
+ * it, the process's own), replacing a stale socket but nothing else (see
+ * unixsock_bind), and reads datagrams on loop. NULL with err on failure. */
+struct logsock *logsock_start(struct ev_loop *loop, const char *path, long mode, uid_t uid, gid_t gid,
+			      logsock_line_fn fn, void *arg, char *err, size_t errsz);
 void logsock_stop(struct logsock *s);
 
 /*

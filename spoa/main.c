@@ -7,8 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <grp.h>
-#include <pwd.h>
 #include <unistd.h>
 
 #include "admin.h"
@@ -22,6 +20,7 @@
 #include "tls.h"
 #include "tokenfile.h"
 #include "logsock.h"
+#include "priv.h"
 #include "log.h"
 #include "metrics.h"
 #include "state.h"
@@ -42,6 +41,7 @@ static struct {
 	struct store *store;
 	struct http_server *admin;
 	struct logsock *logsock;
+	struct priv priv;
 	struct metrics_sources sources;
 	uint64_t db_reopens; /* store_stats.reopens already acted on */
 	int stopping;
@@ -163,39 +163,6 @@ static int write_file_atomic(const char *path, const char *text)
 	if (fputs(text, f) == EOF || fclose(f) == EOF)
 		return -1;
 	return rename(tmp, path);
-}
-
-/* Switches to an unprivileged user (config key `user`) once the sockets
- * are bound, before any file is opened. */
-static int drop_privileges(const char *user, char *err, size_t errsz)
-{
-	struct passwd *pw;
-
-	if (!user[0])
-		return 0;
-	pw = getpwnam(user);
-	if (!pw) {
-		snprintf(err, errsz, "user: no such user \"%s\"", user);
-		return -1;
-	}
-	if (geteuid() != 0) {
-		if (geteuid() == pw->pw_uid)
-			return 0;
-		snprintf(err, errsz, "user: running as uid %d, cannot become %s (start as root, or unset user)",
-			 (int)geteuid(), user);
-		return -1;
-	}
-	if (setgroups(0, NULL) == -1 || initgroups(user, pw->pw_gid) == -1 || setgid(pw->pw_gid) == -1 ||
-	    setuid(pw->pw_uid) == -1) {
-		snprintf(err, errsz, "user: cannot become %s: %s", user, strerror(errno));
-		return -1;
-	}
-	if (setuid(0) != -1) {
-		snprintf(err, errsz, "user: could become root again after switching to %s", user);
-		return -1;
-	}
-	LOG_INFO("running as %s (uid %d)", user, (int)pw->pw_uid);
-	return 0;
 }
 
 /* The admin listener's token: admin_token, or the first line of
@@ -451,8 +418,8 @@ static void reload_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	g.cfg = nc;
 	log_threshold = (enum log_level)log_level_parse(g.cfg.log_level);
 	log_use_syslog(g.cfg.log_syslog);
-	LOG_INFO("configuration reloaded (listen, db, secret_file, user, log_socket*, admin_*, unix_socket_mode, "
-		 "port_file, pid_file, purge_interval_s and db_poll_ms need a restart)");
+	LOG_INFO("configuration reloaded (listen, db, secret_file, user, socket_group, log_socket*, admin_*, "
+		 "unix_socket_mode, port_file, pid_file, purge_interval_s and db_poll_ms need a restart)");
 }
 
 int main(int argc, char **argv)
@@ -470,6 +437,12 @@ int main(int argc, char **argv)
 			return 0;
 		}
 	}
+	/* The database holds usage, key HMACs and prompts: for the agent's
+	 * user alone, not even its group, which is often HAProxy's so that
+	 * HAProxy reaches the sockets (they get their modes explicitly). Set
+	 * before --check and the admin commands too, which may create the
+	 * database. */
+	umask(077);
 	g.argc = argc;
 	g.argv = argv;
 	if (build_config(&g.cfg, argc, argv, &g.config_file, &check, err, sizeof(err)) == -1) {
@@ -485,8 +458,8 @@ int main(int argc, char **argv)
 			return admin_run(&g.cfg, default_secret, argc, argv);
 		}
 	}
-	if (check && g.cfg.user[0] && !getpwnam(g.cfg.user)) {
-		fprintf(stderr, "tokengate: user: no such user \"%s\"\n", g.cfg.user);
+	if (check && priv_check_names(g.cfg.user, g.cfg.socket_group, err, sizeof(err)) == -1) {
+		fprintf(stderr, "tokengate: %s\n", err);
 		return 2;
 	}
 	if (check && g.cfg.tls_cert[0]) {
@@ -522,8 +495,6 @@ int main(int argc, char **argv)
 	log_threshold = (enum log_level)log_level_parse(g.cfg.log_level);
 	log_use_syslog(g.cfg.log_syslog);
 	signal(SIGPIPE, SIG_IGN);
-	/* The database holds usage and key HMACs: not for every local user. */
-	umask(027);
 
 #ifdef M_MMAP_THRESHOLD
 	/* Large arrays (flush batches after a writer stall) in their own
@@ -539,6 +510,11 @@ int main(int argc, char **argv)
 	}
 	g.env.cfg = &g.cfg;
 	g.env.on_free = on_conn_free;
+	/* Before binding: the sockets are made for that user and group. */
+	if (priv_lookup(g.cfg.user, g.cfg.socket_group, &g.priv, err, sizeof(err)) == -1) {
+		LOG_ERROR("%s", err);
+		return 1;
+	}
 	/* Before dropping privileges: keys are often readable by root only. */
 	if (g.cfg.tls_cert[0]) {
 		g.env.tls = tls_server_ctx(g.cfg.tls_cert, g.cfg.tls_key, g.cfg.tls_client_ca, err, sizeof(err));
@@ -547,14 +523,14 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	g.listener = listener_new(&g.env, g.cfg.listen, err, sizeof(err));
+	g.listener = listener_new(&g.env, g.cfg.listen, g.priv.sock_uid, g.priv.sock_gid, err, sizeof(err));
 	if (!g.listener) {
 		LOG_ERROR("%s", err);
 		return 1;
 	}
 	if (g.cfg.log_socket[0]) {
-		g.logsock = logsock_start(g.env.loop, g.cfg.log_socket, g.cfg.log_socket_mode, log_line_cb, NULL, err,
-					  sizeof(err));
+		g.logsock = logsock_start(g.env.loop, g.cfg.log_socket, g.cfg.log_socket_mode, g.priv.sock_uid,
+					  g.priv.sock_gid, log_line_cb, NULL, err, sizeof(err));
 		if (!g.logsock) {
 			LOG_ERROR("%s", err);
 			return 1;
@@ -583,7 +559,7 @@ int main(int argc, char **argv)
 	}
 	explicit_bzero(token, sizeof(token)); /* the listener keeps its own copy */
 	/* Every socket is bound: from here on, no more privileges. */
-	if (drop_privileges(g.cfg.user, err, sizeof(err)) == -1) {
+	if (priv_drop(&g.priv, err, sizeof(err)) == -1) {
 		LOG_ERROR("%s", err);
 		return 1;
 	}

@@ -3,7 +3,9 @@
  * than one recvmmsg batch arrives, once, in order, with its trailing
  * newline cut; a datagram at the size limit is delivered (truncated), not
  * dropped; the field helpers read key=value lines, matching a key only at
- * the start of a token.
+ * the start of a token. Binding replaces a socket left at the path, and
+ * refuses (leaving it alone) a regular file, a directory or a symlink there:
+ * the agent often runs this as root.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -51,7 +54,7 @@ static void test_burst_all_delivered(void **state)
 
 	(void)state;
 	snprintf(path, sizeof(path), "/tmp/tg-test-logsock-%ld.sock", (long)getpid());
-	ls = logsock_start(loop, path, 0600, on_line, &seen, err, sizeof(err));
+	ls = logsock_start(loop, path, 0600, (uid_t)-1, (gid_t)-1, on_line, &seen, err, sizeof(err));
 	assert_non_null(ls);
 	fd = socket(AF_UNIX, SOCK_DGRAM, 0);
 	assert_true(fd >= 0);
@@ -139,12 +142,79 @@ static void test_field_token_start(void **state)
 	}
 }
 
+/* What is at the path before logsock_start, and whether it may go. */
+static void test_only_a_socket_is_replaced(void **state)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	char dir[] = "/tmp/tg-test-logsock-XXXXXX", path[128], target[128], err[256], buf[16];
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	struct logsock *ls;
+	struct stat st;
+	FILE *f;
+	int fd;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/log.sock", dir);
+	snprintf(target, sizeof(target), "%s/precious", dir);
+
+	/* A regular file: refused with the path named, and still there. */
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs("keep me\n", f);
+	fclose(f);
+	assert_null(logsock_start(loop, path, 0600, (uid_t)-1, (gid_t)-1, on_line, NULL, err, sizeof(err)));
+	assert_non_null(strstr(err, path));
+	assert_non_null(strstr(err, "is a regular file, not a socket"));
+	f = fopen(path, "r");
+	assert_non_null(f);
+	assert_non_null(fgets(buf, sizeof(buf), f));
+	fclose(f);
+	assert_string_equal(buf, "keep me\n");
+	assert_int_equal(unlink(path), 0);
+
+	/* A directory, a symlink (to a file that must survive too). */
+	assert_int_equal(mkdir(path, 0700), 0);
+	assert_null(logsock_start(loop, path, 0600, (uid_t)-1, (gid_t)-1, on_line, NULL, err, sizeof(err)));
+	assert_non_null(strstr(err, "is a directory"));
+	assert_int_equal(rmdir(path), 0);
+	f = fopen(target, "w");
+	assert_non_null(f);
+	fclose(f);
+	assert_int_equal(symlink(target, path), 0);
+	assert_null(logsock_start(loop, path, 0600, (uid_t)-1, (gid_t)-1, on_line, NULL, err, sizeof(err)));
+	assert_non_null(strstr(err, "is a symbolic link"));
+	assert_int_equal(lstat(path, &st), 0);
+	assert_true(S_ISLNK(st.st_mode));
+	assert_int_equal(stat(target, &st), 0);
+	assert_int_equal(unlink(path), 0);
+
+	/* A socket left by an earlier run (nothing reads it): replaced. */
+	fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+	assert_true(fd >= 0);
+	strcpy(sun.sun_path, path);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sun, sizeof(sun)), 0);
+	close(fd);
+	ls = logsock_start(loop, path, 0640, (uid_t)-1, (gid_t)-1, on_line, NULL, err, sizeof(err));
+	assert_non_null(ls);
+	assert_int_equal(lstat(path, &st), 0);
+	assert_true(S_ISSOCK(st.st_mode));
+	assert_int_equal(st.st_mode & 07777, 0640);
+	logsock_stop(ls);
+	assert_int_equal(lstat(path, &st), -1);
+
+	assert_int_equal(unlink(target), 0);
+	assert_int_equal(rmdir(dir), 0);
+	ev_loop_destroy(loop);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_burst_all_delivered),
 		cmocka_unit_test(test_fields),
 		cmocka_unit_test(test_field_token_start),
+		cmocka_unit_test(test_only_a_socket_is_replaced),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
