@@ -22,6 +22,12 @@ B=${TG_BUILD:-build}
 A=${TG_ASAN_BUILD:-}
 FUZZ=${TG_FUZZ_SECONDS:-0}
 LOGS=${TG_LOG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/tg-tests.XXXXXX")}
+# ASan + UBSan builds: the first UBSan report ends the process (the builds
+# make every check fatal already; this also covers a binary built without
+# -fno-sanitize-recover), with a stack trace to act on. The end-to-end tests
+# add their own settings (tests/e2e/lib.sh).
+UBSAN_OPTIONS=${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}halt_on_error=1:print_stacktrace=1
+export UBSAN_OPTIONS
 passed=0
 failed=0
 
