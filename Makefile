@@ -182,7 +182,10 @@ asan:
 	$(Q)TG_BUILD=build-asan tests/run.sh
 
 # halt_on_error also stops a fuzzer built without -fno-sanitize-recover (an
-# old binary, other CFLAGS) at its first UBSan report.
+# old binary, other CFLAGS) at its first UBSan report. New inputs go to
+# $(BUILD)/fuzz-corpus*; to have the replay tests keep what a run found, merge
+# the ones that add coverage into the committed corpus, e.g.
+#   $(BUILD)/fuzz_frame -merge=1 -max_len=70000 tests/fuzz/corpus $(BUILD)/fuzz-corpus
 fuzz: export UBSAN_OPTIONS := halt_on_error=1:print_stacktrace=1
 fuzz: $(BUILD)/fuzz_frame $(BUILD)/fuzz_body $(BUILD)/fuzz_logline $(BUILD)/fuzz_config
 	$(Q)mkdir -p $(BUILD)/fuzz-corpus $(BUILD)/fuzz-corpus-body $(BUILD)/fuzz-corpus-logline $(BUILD)/fuzz-corpus-config
