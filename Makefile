@@ -144,35 +144,49 @@ $(BUILD)/fuzz_config_replay: $(BUILD)/tests/fuzz/fuzz_config.o $(BUILD)/tests/fu
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-# libFuzzer build: clang only.
-$(BUILD)/fuzz_frame: tests/fuzz/fuzz_frame.c $(SPOA_SRC) $(BUILD)/schema_sql.c
+# libFuzzer build: clang only. UBSan recovers by default: a "runtime error"
+# would be printed and the run would still end with status 0, so every check
+# is made fatal (libFuzzer then saves the input as a crash). The Makefile is a
+# prerequisite so that a flag change here rebuilds the fuzzers.
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Ispoa -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+$(BUILD)/fuzz_frame: tests/fuzz/fuzz_frame.c $(SPOA_SRC) $(BUILD)/schema_sql.c Makefile
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZ    $@")
-	$(Q)clang -std=c11 -D_GNU_SOURCE -g -O1 -Ispoa -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)
+	$(Q)clang $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(LDLIBS)
 
-$(BUILD)/fuzz_logline: tests/fuzz/fuzz_logline.c $(SPOA_SRC) $(BUILD)/schema_sql.c
+$(BUILD)/fuzz_logline: tests/fuzz/fuzz_logline.c $(SPOA_SRC) $(BUILD)/schema_sql.c Makefile
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZ    $@")
-	$(Q)clang -std=c11 -D_GNU_SOURCE -g -O1 -Ispoa -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)
+	$(Q)clang $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(LDLIBS)
 
-$(BUILD)/fuzz_config: tests/fuzz/fuzz_config.c $(SPOA_SRC) $(BUILD)/schema_sql.c
+$(BUILD)/fuzz_config: tests/fuzz/fuzz_config.c $(SPOA_SRC) $(BUILD)/schema_sql.c Makefile
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZ    $@")
-	$(Q)clang -std=c11 -D_GNU_SOURCE -g -O1 -Ispoa -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)
+	$(Q)clang $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(LDLIBS)
 
-$(BUILD)/fuzz_body: tests/fuzz/fuzz_body.c $(SPOA_SRC) $(BUILD)/schema_sql.c
+$(BUILD)/fuzz_body: tests/fuzz/fuzz_body.c $(SPOA_SRC) $(BUILD)/schema_sql.c Makefile
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZ    $@")
-	$(Q)clang -std=c11 -D_GNU_SOURCE -g -O1 -Ispoa -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)
+	$(Q)clang $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(LDLIBS)
+
+# The ASan + UBSan build (build-asan) of `make asan` and `make check`: every
+# UBSan check fatal, as in the fuzzers, so that a report fails the test.
+SAN_CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 
 test: all
 	$(Q)TG_BUILD=$(BUILD) tests/run.sh
 
 asan:
 	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CC=clang \
-		CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" all
+		CFLAGS="$(SAN_CFLAGS)" all
 	$(Q)TG_BUILD=build-asan tests/run.sh
 
+# halt_on_error also stops a fuzzer built without -fno-sanitize-recover (an
+# old binary, other CFLAGS) at its first UBSan report. New inputs go to
+# $(BUILD)/fuzz-corpus*; to have the replay tests keep what a run found, merge
+# the ones that add coverage into the committed corpus, e.g.
+#   $(BUILD)/fuzz_frame -merge=1 -max_len=70000 tests/fuzz/corpus $(BUILD)/fuzz-corpus
+fuzz: export UBSAN_OPTIONS := halt_on_error=1:print_stacktrace=1
 fuzz: $(BUILD)/fuzz_frame $(BUILD)/fuzz_body $(BUILD)/fuzz_logline $(BUILD)/fuzz_config
 	$(Q)mkdir -p $(BUILD)/fuzz-corpus $(BUILD)/fuzz-corpus-body $(BUILD)/fuzz-corpus-logline $(BUILD)/fuzz-corpus-config
 	$(Q)$(BUILD)/fuzz_frame -max_total_time=$(FUZZ_SECONDS) -max_len=70000 -artifact_prefix=$(BUILD)/ \
@@ -191,7 +205,7 @@ deps:
 check: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CC=clang \
-		CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" all $(if $(filter 0,$(FUZZ_SECONDS)),,build-asan/fuzz_frame build-asan/fuzz_body build-asan/fuzz_logline build-asan/fuzz_config)
+		CFLAGS="$(SAN_CFLAGS)" all $(if $(filter 0,$(FUZZ_SECONDS)),,build-asan/fuzz_frame build-asan/fuzz_body build-asan/fuzz_logline build-asan/fuzz_config)
 	$(Q)TG_BUILD=build TG_ASAN_BUILD=build-asan TG_FUZZ_SECONDS=$(FUZZ_SECONDS) TG_VALGRIND=1 tests/run.sh
 
 bench: all

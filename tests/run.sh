@@ -22,6 +22,12 @@ B=${TG_BUILD:-build}
 A=${TG_ASAN_BUILD:-}
 FUZZ=${TG_FUZZ_SECONDS:-0}
 LOGS=${TG_LOG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/tg-tests.XXXXXX")}
+# ASan + UBSan builds: the first UBSan report ends the process (the builds
+# make every check fatal already; this also covers a binary built without
+# -fno-sanitize-recover), with a stack trace to act on. The end-to-end tests
+# add their own settings (tests/e2e/lib.sh).
+UBSAN_OPTIONS=${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}halt_on_error=1:print_stacktrace=1
+export UBSAN_OPTIONS
 passed=0
 failed=0
 
@@ -91,12 +97,14 @@ unit() {
 	run "unit/fuzz-config-corpus-replay$tag" "$bdir/fuzz_config_replay" tests/fuzz/corpus-config
 }
 
+# The test clients come from the same build as the agent: in the ASan pass
+# their own sanitizer reports fail the test too (tests/e2e/lib.sh).
 e2e() {
 	bdir=$1
 	tag=$2
 	for t in tests/e2e/test_*.sh; do
-		run "e2e/$(basename "$t" .sh)$tag" env TG_AGENT_BIN="$bdir/tokengate" TG_SPOPRAW_BIN="$B/spopraw" \
-			TG_SPOPLOAD_BIN="$B/spopload" sh "$t"
+		run "e2e/$(basename "$t" .sh)$tag" env TG_AGENT_BIN="$bdir/tokengate" TG_SPOPRAW_BIN="$bdir/spopraw" \
+			TG_SPOPLOAD_BIN="$bdir/spopload" sh "$t"
 	done
 }
 

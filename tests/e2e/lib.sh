@@ -43,6 +43,9 @@
 #   TG_FAIL_MODE, TG_SPOE_PROCESSING_TIMEOUT, TG_BUFSIZE
 #                   passed through to haproxy.cfg (see its global section)
 #   TMPDIR          where the temporary directory is created (default /tmp)
+#   ASAN_OPTIONS, UBSAN_OPTIONS
+#                   kept, with the settings of "Sanitizer reports" below
+#                   appended (they win on a conflict: the check needs them)
 #
 # Variables set for the tests:
 #   TG_ROOT              repository root
@@ -53,6 +56,19 @@
 #   TG_FRONTEND_PORT, TG_URL   HAProxy's frontend
 #   TG_HAPROXY_SOCK      HAProxy's admin socket; TG_HAPROXY_PID its PID
 #   TG_STATUS, TG_TIME, TG_HDRS, TG_BODY   result of the last tg_request
+#   TG_SAN_DIR           where sanitizer reports are written (see below)
+#
+# Sanitizer reports: with ASan + UBSan binaries (make asan, the second pass of
+# make check) every instrumented process a test runs (the agent, its one-shot
+# commands, spopraw, spopload) writes any AddressSanitizer, LeakSanitizer or
+# UndefinedBehaviorSanitizer report to its own file,
+# $TG_SAN_DIR/report.<program>.<pid>, rather than to its stderr: a stderr
+# captured by $(...) or sent to /dev/null would hide it, and a passing test
+# deletes its logs. Whenever a process started here ends (tg_stop_pid,
+# tg_wait_exit), when tg_done has stopped everything, and at exit, each new
+# report becomes a failure of the test that names the program and shows the
+# report's first lines. LeakSanitizer runs when a process exits by itself (the
+# agent on TERM); a process killed with KILL leaves no report, by design.
 
 # ---- Setup ------------------------------------------------------------------
 
@@ -78,14 +94,31 @@ TG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/tokengate-e2e.$(basename "$0" .sh).XXXXXX") 
 TG_HDRS=$TG_TMP/last.headers
 TG_BODY=$TG_TMP/last.body
 
+# See "Sanitizer reports" above. The options are ignored by binaries built
+# without sanitizers. halt_on_error: the ASan build makes every UBSan check
+# fatal already (-fno-sanitize-recover=all); this covers one built otherwise.
+TG_SAN_DIR=$TG_TMP/sanitizer
+mkdir -p "$TG_SAN_DIR"
+ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=1:log_path=$TG_SAN_DIR/report:log_exe_name=1"
+UBSAN_OPTIONS="${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}halt_on_error=1:print_stacktrace=1:log_path=$TG_SAN_DIR/report:log_exe_name=1"
+export ASAN_OPTIONS UBSAN_OPTIONS
+
 tg__on_exit() { # EXIT-STATUS
 	[ -n "$TG__CLEANED" ] && return 0
 	TG__CLEANED=1
+	tg__f0=$TG_FAILED
 	tg_stop_all
+	tg__san_check all
 	if [ "${TG_KEEP_TMP:-0}" = 1 ] || [ "$TG_FAILED" -gt 0 ] || [ "$1" -ne 0 ]; then
 		echo "# kept $TG_TMP"
 	else
 		rm -rf "$TG_TMP"
+	fi
+	# Reports found only now (the test ended without tg_done, or after it):
+	# counted in a summary line of their own, and the exit status says so.
+	if [ "$TG_FAILED" -gt "$tg__f0" ]; then
+		echo "0 passed, $((TG_FAILED - tg__f0)) failed"
+		exit 1
 	fi
 }
 trap 'tg__on_exit $?' EXIT
@@ -137,9 +170,12 @@ tg_assert_lt() { # ACTUAL LIMIT MESSAGE (decimal numbers, e.g. seconds)
 	fi
 }
 
-# tg_done: the summary line; returns non-zero if anything failed (or if no
-# assertion ran at all).
+# tg_done: stops everything started here (so that the agent's exit, and its
+# leak check, are part of the test: see "Sanitizer reports"), then the summary
+# line; returns non-zero if anything failed (or if no assertion ran at all).
 tg_done() {
+	tg_stop_all
+	tg__san_check all
 	echo "$TG_PASSED passed, $TG_FAILED failed"
 	[ "$TG_FAILED" -eq 0 ] && [ "$TG_PASSED" -gt 0 ]
 }
@@ -205,7 +241,36 @@ tg_stop_pid() {
 	# unkillable and then left alone).
 	tg_alive "$tg__pid" || wait "$tg__pid" 2>/dev/null
 	tg__untrack "$tg__pid"
+	tg__san_check
 	return 0
+}
+
+# tg__san_check [all]: each sanitizer report in $TG_SAN_DIR not seen yet
+# becomes a failure naming this test, the program and its PID, with the
+# report's first lines (and renamed seen.*, so that it counts once). The
+# report of a process still running may be half written and is left for
+# later, unless "all" (the test is ending).
+tg__san_check() {
+	for tg__sf in "$TG_SAN_DIR"/report.*; do
+		[ -f "$tg__sf" ] || continue
+		tg__spid=${tg__sf##*.}
+		if [ "${1:-}" != all ] && tg_alive "$tg__spid"; then
+			continue
+		fi
+		tg__sprog=${tg__sf#"$TG_SAN_DIR"/report.}
+		tg__sprog=${tg__sprog%.*}
+		tg__sseen=$TG_SAN_DIR/seen.$tg__sprog.$tg__spid
+		mv "$tg__sf" "$tg__sseen"
+		tg_fail "$(basename "$0" .sh): sanitizer report from $tg__sprog (pid $tg__spid): $(grep -m1 -oE '(ERROR: [A-Za-z]+Sanitizer|runtime error):.*' "$tg__sseen")"
+		grep -v '^[[:space:]]*$' "$tg__sseen" >"$tg__sseen.short"
+		head -n 20 "$tg__sseen.short" | sed 's/^/#   /'
+		if [ "$(wc -l <"$tg__sseen.short")" -gt 20 ]; then
+			echo "#   ..."
+			grep '^SUMMARY: ' "$tg__sseen.short" | sed 's/^/#   /'
+		fi
+		rm -f "$tg__sseen.short"
+		echo "#   (the whole report: $tg__sseen)"
+	done
 }
 
 # tg_stop_all: stop everything started here, last started first.
@@ -654,6 +719,7 @@ tg_wait_exit() {
 	wait "$1" 2>/dev/null
 	TG_EXIT_STATUS=$?
 	tg__untrack "$1"
+	tg__san_check
 	return 0
 }
 
