@@ -99,6 +99,10 @@ TG_BODY=$TG_TMP/last.body
 # fatal already (-fno-sanitize-recover=all); this covers one built otherwise.
 TG_SAN_DIR=$TG_TMP/sanitizer
 mkdir -p "$TG_SAN_DIR"
+# Writable by an agent that dropped to another user (test_privdrop), which
+# could not write its report otherwise ("Can't open file") and would go
+# unheard; sticky, so no one removes another's report.
+chmod 1777 "$TG_SAN_DIR"
 ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=1:log_path=$TG_SAN_DIR/report:log_exe_name=1"
 UBSAN_OPTIONS="${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}halt_on_error=1:print_stacktrace=1:log_path=$TG_SAN_DIR/report:log_exe_name=1"
 export ASAN_OPTIONS UBSAN_OPTIONS
