@@ -1,6 +1,7 @@
 /* crypto: HMAC-SHA256 with the secret's inner and outer pads hashed once
  * at load, so a request costs two SHA-256 finals on copies of them. */
 #include "crypto.h"
+#include "tokenfile.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -9,7 +10,6 @@
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define SHA256_BLOCK 64
@@ -60,7 +60,6 @@ static int create_secret(const char *path, char *err, size_t errsz)
 int crypto_load_secret(const char *path, int create, char *err, size_t errsz)
 {
 	unsigned char secret[SECRET_MAX + 2];
-	struct stat st;
 	ssize_t n;
 	size_t len;
 	int fd;
@@ -75,9 +74,7 @@ int crypto_load_secret(const char *path, int create, char *err, size_t errsz)
 		snprintf(err, errsz, "secret_file %s: %s", path, strerror(errno));
 		return -1;
 	}
-	if (fstat(fd, &st) == -1 || (st.st_mode & (S_IRWXO | S_IWGRP | S_IRGRP))) {
-		snprintf(err, errsz, "secret_file %s: readable or writable by group or others (mode %03o); chmod 600 it",
-			 path, (unsigned)(st.st_mode & 0777));
+	if (tokenfile_owner_only(fd, "secret_file", path, err, errsz) == -1) {
 		close(fd);
 		return -1;
 	}

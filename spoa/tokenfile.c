@@ -33,6 +33,22 @@ static ssize_t read_first_line(int fd, char *buf, size_t size)
 	return (ssize_t)n;
 }
 
+int tokenfile_owner_only(int fd, const char *key, const char *path, char *err, size_t errsz)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) == -1) {
+		snprintf(err, errsz, "%s %s: %s", key, path, strerror(errno));
+		return -1;
+	}
+	if (st.st_mode & (S_IRWXO | S_IWGRP | S_IRGRP)) {
+		snprintf(err, errsz, "%s %s: readable or writable by group or others (mode %03o); chmod 600 it", key,
+			 path, (unsigned)(st.st_mode & 0777));
+		return -1;
+	}
+	return 0;
+}
+
 int tokenfile_read(const char *key, const char *path, char *out, size_t outsz, char *err, size_t errsz)
 {
 	/* One byte more than the largest out, so that a first line that
@@ -63,10 +79,7 @@ int tokenfile_read(const char *key, const char *path, char *out, size_t outsz, c
 		close(fd);
 		return -1;
 	}
-	/* The same rule as secret_file: only the owner may read or write it. */
-	if (st.st_mode & (S_IRWXO | S_IWGRP | S_IRGRP)) {
-		snprintf(err, errsz, "%s %s: readable or writable by group or others (mode %03o); chmod 600 it", key,
-			 path, (unsigned)(st.st_mode & 0777));
+	if (tokenfile_owner_only(fd, key, path, err, errsz) == -1) {
 		close(fd);
 		return -1;
 	}

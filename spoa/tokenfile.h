@@ -19,4 +19,11 @@
  */
 int tokenfile_read(const char *key, const char *path, char *out, size_t outsz, char *err, size_t errsz);
 
+/*
+ * The rule for every file that holds a secret (secret_file,
+ * admin_token_file): only its owner may read or write it. fd is the open
+ * file; 0, or -1 with err naming key and path (never the content).
+ */
+int tokenfile_owner_only(int fd, const char *key, const char *path, char *err, size_t errsz);
+
 #endif
