@@ -209,10 +209,16 @@ static int64_t pragma_int(sqlite3 *db, const char *sql)
 	return v;
 }
 
+/* The schema version this agent writes (the last migration's). */
+static unsigned schema_latest(void)
+{
+	return schema_migration_count ? schema_migrations[schema_migration_count - 1].version : 0;
+}
+
 static int migrate(sqlite3 *db, const char *path, char *err, size_t errsz)
 {
 	int64_t have = pragma_int(db, "PRAGMA user_version");
-	unsigned latest = schema_migration_count ? schema_migrations[schema_migration_count - 1].version : 0;
+	unsigned latest = schema_latest();
 	char sub[256], sql[64];
 
 	if (have < 0) {
@@ -907,7 +913,7 @@ static int write_mark(struct store *s, const char *name, char *why, size_t whysz
  */
 static int reopen(struct store *s, char *err, size_t errsz)
 {
-	unsigned latest = schema_migration_count ? schema_migrations[schema_migration_count - 1].version : 0;
+	unsigned latest = schema_latest();
 	char sub[256];
 	int64_t have;
 
