@@ -790,6 +790,26 @@ tg_admin_get() {
 	[ "$TG_ADMIN_STATUS" != 000 ]
 }
 
+# tg_healthz: the agent's /healthz as "STATUS BODY"; tg_healthz_is STATUS:
+# whether it answers STATUS (for tg_poll).
+tg_healthz() { tg_admin_get /healthz && echo "$TG_ADMIN_STATUS $(cat "$TG_ADMIN_BODY")"; }
+tg_healthz_is() { tg_admin_get /healthz && [ "$TG_ADMIN_STATUS" = "$1" ]; }
+
+# tg_traffic USER N: N chat completions of USER through HAProxy, one after
+# the other; sets TG_ALLOWED (those the agent allowed) and TG_SLOWEST (the
+# slowest, in seconds).
+tg_traffic() {
+	TG_ALLOWED=0
+	TG_SLOWEST=0
+	tg__n=0
+	while [ "$tg__n" -lt "$2" ]; do
+		tg_chat -H "x-user: $1"
+		[ "$TG_STATUS" = 200 ] && [ "$(tg_header x-llm-decision)" = allow/ok ] && TG_ALLOWED=$((TG_ALLOWED + 1))
+		TG_SLOWEST=$(awk -v a="$TG_SLOWEST" -v b="$TG_TIME" 'BEGIN { print (b > a) ? b : a }')
+		tg__n=$((tg__n + 1))
+	done
+}
+
 # tg_scrape FILE: save the agent's /metrics in FILE; fails unless it answered
 # 200.
 tg_scrape() {

@@ -21,21 +21,6 @@ tg_require_local_agent
 AGENT=${TG_AGENT_BIN:-$TG_ROOT/build/tokengate}
 N=20
 
-# traffic USER N: N chat completions of USER through HAProxy; counts those
-# the agent allowed (ALLOWED) and the slowest (SLOWEST, seconds).
-traffic() {
-	ALLOWED=0
-	SLOWEST=0
-	i=0
-	while [ "$i" -lt "$2" ]; do
-		tg_chat -H "x-user: $1"
-		[ "$TG_STATUS" = 200 ] && [ "$(tg_header x-llm-decision)" = allow/ok ] && ALLOWED=$((ALLOWED + 1))
-		SLOWEST=$(awk -v a="$SLOWEST" -v b="$TG_TIME" 'BEGIN { print (b > a) ? b : a }')
-		i=$((i + 1))
-	done
-}
-healthz() { tg_admin_get /healthz && echo "$TG_ADMIN_STATUS $(cat "$TG_ADMIN_BODY")"; }
-healthz_is() { tg_admin_get /healthz && [ "$TG_ADMIN_STATUS" = "$1" ]; }
 metric() { tg_scrape "$TG_TMP/m.prom" && tg_metric "$TG_TMP/m.prom" "$1"; }
 errors_above() { [ "$(metric tokengate_db_flush_errors_total)" -gt "$1" ]; }
 log_has() { grep -qE "$1" "$TG_TMP/agent.log"; }
@@ -49,25 +34,25 @@ fault_then_clear() {
 	pat=$3
 	shift 3
 	e0=$(metric tokengate_db_flush_errors_total)
-	traffic "$user" "$N"
-	tg_assert_eq "$N" "$ALLOWED" "$label: all $N requests decided from memory (200 allow/ok)"
-	tg_assert_lt "$SLOWEST" 0.5 "$label: the slowest took ${SLOWEST}s (under the 500 ms SPOE timeout)"
+	tg_traffic "$user" "$N"
+	tg_assert_eq "$N" "$TG_ALLOWED" "$label: all $N requests decided from memory (200 allow/ok)"
+	tg_assert_lt "$TG_SLOWEST" 0.5 "$label: the slowest took ${TG_SLOWEST}s (under the 500 ms SPOE timeout)"
 	if tg_poll 5 errors_above "$e0"; then
 		tg_ok "$label: tokengate_db_flush_errors_total rises ($e0 -> $(metric tokengate_db_flush_errors_total))"
 	else
 		tg_fail "$label: tokengate_db_flush_errors_total stayed at $e0"
 	fi
 	tg_assert_eq 0 "$(metric tokengate_db_up)" "$label: tokengate_db_up is 0"
-	tg_poll 3 healthz_is 503
-	tg_assert_eq 0 "$(healthz | grep -qE "^503 .*($pat)" && echo 0)" "$label: /healthz answers 503 with the reason"
+	tg_poll 3 tg_healthz_is 503
+	tg_assert_eq 0 "$(tg_healthz | grep -qE "^503 .*($pat)" && echo 0)" "$label: /healthz answers 503 with the reason"
 	tg_assert_eq 0 "$(log_has "db: write refused, [0-9]+ rows kept for retry: .*($pat)" && echo 0)" \
 		"$label: the log says the write was refused and the rows are kept"
 	tg_assert_lt 0 "$(metric tokengate_db_pending_rows)" "$label: tokengate_db_pending_rows counts the rows waiting"
 	"$@" || tg_fail "$label: could not clear the fault"
-	if tg_poll 5 healthz_is 200; then
+	if tg_poll 5 tg_healthz_is 200; then
 		tg_ok "$label cleared: /healthz 200 again within ${TG_POLL_MS} ms"
 	else
-		tg_fail "$label cleared: /healthz still $(healthz)"
+		tg_fail "$label cleared: /healthz still $(tg_healthz)"
 	fi
 	tg_assert_eq 1 "$(metric tokengate_db_up)" "$label cleared: tokengate_db_up is 1"
 	tg_poll 5 usage_matches "$user"
@@ -100,7 +85,7 @@ tg_start_haproxy || tg_bail "haproxy did not start"
 NSPID=$TG_AGENT_PID
 sqlite3() { nsenter -t "$NSPID" -m sqlite3 "$@"; }
 tg_assert_eq tmpfs "$(nsenter -t "$NSPID" -m stat -f -c %T "$TG_TMP/agent")" "the agent's database is on its own 2 MB tmpfs"
-traffic db-full-warm 2
+tg_traffic db-full-warm 2
 tg_poll 3 usage_matches db-full-warm || tg_fail "warm-up usage never reached the database"
 FILLER=$TG_TMP/agent/filler
 nsenter -t "$NSPID" -m dd if=/dev/zero of="$FILLER" bs=4k 2>/dev/null # until ENOSPC

@@ -58,21 +58,6 @@ trap 'ro_cleanup $?' EXIT
 trap 'echo "Bail out! interrupted"; ro_cleanup 130; trap - EXIT; exit 130' INT
 trap 'echo "Bail out! terminated"; ro_cleanup 143; trap - EXIT; exit 143' TERM
 
-# traffic USER N: N chat completions of USER through HAProxy; counts those
-# the agent allowed (ALLOWED) and the slowest (SLOWEST, seconds).
-traffic() {
-	ALLOWED=0
-	SLOWEST=0
-	i=0
-	while [ "$i" -lt "$2" ]; do
-		tg_chat -H "x-user: $1"
-		[ "$TG_STATUS" = 200 ] && [ "$(tg_header x-llm-decision)" = allow/ok ] && ALLOWED=$((ALLOWED + 1))
-		SLOWEST=$(awk -v a="$SLOWEST" -v b="$TG_TIME" 'BEGIN { print (b > a) ? b : a }')
-		i=$((i + 1))
-	done
-}
-healthz() { tg_admin_get /healthz && echo "$TG_ADMIN_STATUS $(cat "$TG_ADMIN_BODY")"; }
-healthz_is() { tg_admin_get /healthz && [ "$TG_ADMIN_STATUS" = "$1" ]; }
 metric() { tg_scrape "$TG_TMP/m.prom" && tg_metric "$TG_TMP/m.prom" "$1"; }
 metric_above() { [ "$(metric "$1")" -gt "$2" ]; }
 log_has() { grep -qE "$1" "$TG_TMP/agent.log"; }
@@ -147,25 +132,25 @@ DEV=$(nsenter -t "$NSPID" -m stat -c %d "$TG_DB")
 nsenter -t "$NSPID" -m sync -f "$TG_DB" || tg_fail "sync of the new database"
 
 # ---- before: a user whose last commits are in the page cache only ---------------
-traffic rodb-warm 5
-tg_assert_eq 5 "$ALLOWED" "warm-up: 5 requests allowed"
+tg_traffic rodb-warm 5
+tg_assert_eq 5 "$TG_ALLOWED" "warm-up: 5 requests allowed"
 tg_poll 3 usage_matches rodb-warm || tg_fail "warm-up usage never reached the database"
 
 # ---- the file system turns read-only ---------------------------------------------
 e0=$(metric tokengate_db_flush_errors_total)
 echo 1 >"$TRIGGER" || tg_bail "could not write $TRIGGER"
 tg_assert_eq yes "$(mnt_ro)" "the kernel forced the file system read-only ($(mnt_opts))"
-traffic rodb-ro "$N"
-tg_assert_eq "$N" "$ALLOWED" "read-only: all $N requests decided from memory (200 allow/ok)"
-tg_assert_lt "$SLOWEST" 0.5 "read-only: the slowest took ${SLOWEST}s (under the 500 ms SPOE timeout)"
+tg_traffic rodb-ro "$N"
+tg_assert_eq "$N" "$TG_ALLOWED" "read-only: all $N requests decided from memory (200 allow/ok)"
+tg_assert_lt "$TG_SLOWEST" 0.5 "read-only: the slowest took ${TG_SLOWEST}s (under the 500 ms SPOE timeout)"
 if tg_poll 5 metric_above tokengate_db_flush_errors_total "$e0"; then
 	tg_ok "read-only: tokengate_db_flush_errors_total rises ($e0 -> $(metric tokengate_db_flush_errors_total))"
 else
 	tg_fail "read-only: tokengate_db_flush_errors_total stayed at $e0"
 fi
 tg_assert_eq 0 "$(metric tokengate_db_up)" "read-only: tokengate_db_up is 0"
-tg_poll 3 healthz_is 503
-tg_assert_match "503 *database not usable*ead-only*" "$(healthz)" "read-only: /healthz answers 503 and says read-only"
+tg_poll 3 tg_healthz_is 503
+tg_assert_match "503 *database not usable*ead-only*" "$(tg_healthz)" "read-only: /healthz answers 503 and says read-only"
 tg_assert_eq 0 "$(log_has 'db: write refused, [0-9]+ rows kept for retry: .*Read-only file system' && echo 0)" \
 	"read-only: the log says the write was refused (Read-only file system) and the rows are kept"
 # Refused 3 times in a row, the agent closes the database and tries to open
@@ -182,9 +167,9 @@ else
 fi
 tg_assert_eq 1 "$(grep -cE 'cannot open it again.*file system is read-only' "$TG_TMP/agent.log")" \
 	"read-only: the failed reopen is logged once, not once per attempt"
-traffic rodb-ro "$N"
-tg_assert_eq "$N" "$ALLOWED" "read-only, database closed: all $N more requests decided from memory"
-tg_assert_lt "$SLOWEST" 0.5 "read-only, database closed: the slowest took ${SLOWEST}s"
+tg_traffic rodb-ro "$N"
+tg_assert_eq "$N" "$TG_ALLOWED" "read-only, database closed: all $N more requests decided from memory"
+tg_assert_lt "$TG_SLOWEST" 0.5 "read-only, database closed: the slowest took ${TG_SLOWEST}s"
 tg_assert_lt 0 "$(metric tokengate_db_pending_rows)" "read-only: tokengate_db_pending_rows counts the rows waiting"
 
 # ---- cleared: unmounted, then mounted again ------------------------------------
@@ -203,14 +188,14 @@ else
 	tg_fail "unmounted: no log line for the missing database"
 fi
 tg_assert_eq "" "$(nsenter -t "$NSPID" -m ls -A "$MNT")" "unmounted: no new database created where the old one was"
-tg_assert_match "503 *database not usable*unable to open*" "$(healthz)" "unmounted: /healthz 503 says the database cannot be opened"
+tg_assert_match "503 *database not usable*unable to open*" "$(tg_healthz)" "unmounted: /healthz 503 says the database cannot be opened"
 
 nsenter -t "$NSPID" -m mount -o errors=remount-ro "$LOOP" "$MNT" || tg_fail "mount of the device again"
 tg_assert_eq "ext4 no" "$(mnt_opts | cut -d' ' -f1) $(mnt_ro)" "mounted again: a fresh ext4, read-write ($(mnt_opts))"
-if tg_poll "$HEAL_S" healthz_is 200; then
+if tg_poll "$HEAL_S" tg_healthz_is 200; then
 	tg_ok "mounted again: /healthz 200 within ${TG_POLL_MS} ms (bound ${HEAL_S} s)"
 else
-	tg_fail "mounted again: /healthz still $(healthz) after ${HEAL_S} s"
+	tg_fail "mounted again: /healthz still $(tg_healthz) after ${HEAL_S} s"
 fi
 tg_assert_eq 1 "$(metric tokengate_db_up)" "mounted again: tokengate_db_up is 1"
 tg_assert_lt 0 "$(metric tokengate_db_reopens_total)" "mounted again: tokengate_db_reopens_total counts the reopen"
