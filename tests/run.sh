@@ -121,34 +121,18 @@ if [ "${TG_VALGRIND:-0}" = 1 ]; then
 	run "valgrind/e2e (budget_limits, operations, basic)" env TG_BUILD="$B" sh tests/valgrind.sh
 fi
 if [ "$FUZZ" -gt 0 ] && [ -n "$A" ]; then
+	# fuzzrun TARGET MAX_LEN CORPUS: TARGET for FUZZ seconds from the
+	# committed CORPUS, what it finds kept in $A/fuzz-CORPUS.
 	fuzzrun() {
-		mkdir -p "$A/fuzz-corpus" &&
-			"$A/fuzz_frame" -max_total_time="$FUZZ" -max_len=70000 -print_final_stats=1 -artifact_prefix="$A/" \
-				"$A/fuzz-corpus" tests/fuzz/corpus &&
+		mkdir -p "$A/fuzz-$3" &&
+			"$A/$1" -max_total_time="$FUZZ" -max_len="$2" -print_final_stats=1 -artifact_prefix="$A/" \
+				"$A/fuzz-$3" "tests/fuzz/$3" &&
 			echo "1 passed, 0 failed"
 	}
-	run "fuzz/frame-decoder (${FUZZ}s)" fuzzrun
-	fuzzbody() {
-		mkdir -p "$A/fuzz-corpus-body" &&
-			"$A/fuzz_body" -max_total_time="$FUZZ" -max_len=8192 -print_final_stats=1 -artifact_prefix="$A/" \
-				"$A/fuzz-corpus-body" tests/fuzz/corpus-body &&
-			echo "1 passed, 0 failed"
-	}
-	run "fuzz/body-scanner (${FUZZ}s)" fuzzbody
-	fuzzlog() {
-		mkdir -p "$A/fuzz-corpus-logline" &&
-			"$A/fuzz_logline" -max_total_time="$FUZZ" -max_len=8192 -print_final_stats=1 -artifact_prefix="$A/" \
-				"$A/fuzz-corpus-logline" tests/fuzz/corpus-logline &&
-			echo "1 passed, 0 failed"
-	}
-	run "fuzz/log-line-parser-and-config-setter (${FUZZ}s)" fuzzlog
-	fuzzconfig() {
-		mkdir -p "$A/fuzz-corpus-config" &&
-			"$A/fuzz_config" -max_total_time="$FUZZ" -max_len=4096 -print_final_stats=1 -artifact_prefix="$A/" \
-				"$A/fuzz-corpus-config" tests/fuzz/corpus-config &&
-			echo "1 passed, 0 failed"
-	}
-	run "fuzz/config-file-reader (${FUZZ}s)" fuzzconfig
+	run "fuzz/frame-decoder (${FUZZ}s)" fuzzrun fuzz_frame 70000 corpus
+	run "fuzz/body-scanner (${FUZZ}s)" fuzzrun fuzz_body 8192 corpus-body
+	run "fuzz/log-line-parser-and-config-setter (${FUZZ}s)" fuzzrun fuzz_logline 8192 corpus-logline
+	run "fuzz/config-file-reader (${FUZZ}s)" fuzzrun fuzz_config 4096 corpus-config
 fi
 
 echo "$passed passed, $failed failed"
