@@ -58,6 +58,40 @@ static void noop_policy(struct policy *p, void *arg)
 	policy_free(p);
 }
 
+/* A store on a new file in a new temporary directory (dir: a mkdtemp
+ * template; path gets the file's name), its writer started with these
+ * poll and purge intervals. */
+static struct store *start_temp_store(char *dir, char *path, size_t pathsz, struct ev_loop *loop, long poll_ms,
+				      long purge_s)
+{
+	char err[256];
+	struct store *s;
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, pathsz, "%s/t.db", dir);
+	s = store_open(path, err, sizeof(err));
+	if (!s)
+		fail_msg("store_open: %s", err);
+	assert_int_equal(store_start(s, loop, poll_ms, purge_s, noop_policy, NULL), 0);
+	return s;
+}
+
+static int64_t query_int(const char *path, const char *sql)
+{
+	sqlite3 *db;
+	sqlite3_stmt *q;
+	int64_t v = -1;
+
+	/* The plain unix VFS: the checks see the file as it is. */
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, "unix"), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &q, NULL), SQLITE_OK);
+	if (sqlite3_step(q) == SQLITE_ROW)
+		v = sqlite3_column_int64(q, 0);
+	sqlite3_finalize(q);
+	sqlite3_close(db);
+	return v;
+}
+
 /* A batch the writer takes far longer to store than the test to build:
  * n audit rows and n prompt rows of 16 KB each (how much SQLite writes,
  * not how many rows, sets the writer's time). */
@@ -142,22 +176,16 @@ static void *operator_main(void *arg)
 
 static void test_operator_update_gets_the_lock(void **state)
 {
-	char dir[] = "/tmp/tg_store.XXXXXX", path[64], err[256];
+	char dir[] = "/tmp/tg_store.XXXXXX", path[64], cmd[96];
 	struct store *s;
 	struct store_stats st;
 	struct operator o = {.tries = 0};
 	pthread_t th;
-	sqlite3 *db;
-	sqlite3_stmt *q;
 	long round = 0;
 	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
 
 	(void)state;
-	assert_non_null(mkdtemp(dir));
-	snprintf(path, sizeof(path), "%s/t.db", dir);
-	s = store_open(path, err, sizeof(err));
-	assert_non_null(s);
-	assert_int_equal(store_start(s, loop, 3600000, 86400, noop_policy, NULL), 0);
+	s = start_temp_store(dir, path, sizeof(path), loop, 3600000, 86400);
 
 	/* A batch waits at every commit until the operator is done; the
 	 * operator starts once the writer has been busy for 0.5 s. */
@@ -182,15 +210,9 @@ static void test_operator_update_gets_the_lock(void **state)
 	assert_int_equal(store_close(s, 60000), 0);
 	ev_loop_destroy(loop);
 
-	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_prepare_v2(db, "SELECT daily_tokens FROM tiers WHERE name = 'default'", -1, &q, NULL),
-			 SQLITE_OK);
-	assert_int_equal(sqlite3_step(q), SQLITE_ROW);
-	assert_int_equal(sqlite3_column_int64(q, 0), 4242);
-	sqlite3_finalize(q);
-	sqlite3_close(db);
-	snprintf(err, sizeof(err), "rm -rf %s", dir);
-	assert_int_equal(system(err), 0);
+	assert_int_equal(query_int(path, "SELECT daily_tokens FROM tiers WHERE name = 'default'"), 4242);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
 }
 
 /* Retention: rows past audit_retention_days go, the others stay, and the
@@ -198,7 +220,7 @@ static void test_operator_update_gets_the_lock(void **state)
  * purge_interval_s on a table that only grows). */
 static void test_purge_reads_the_time_index(void **state)
 {
-	char dir[] = "/tmp/tg_store.XXXXXX", path[64], err[256];
+	char dir[] = "/tmp/tg_store.XXXXXX", path[64], cmd[96];
 	struct store *s;
 	struct store_stats st;
 	struct batch *b;
@@ -208,11 +230,7 @@ static void test_purge_reads_the_time_index(void **state)
 	double t0;
 
 	(void)state;
-	assert_non_null(mkdtemp(dir));
-	snprintf(path, sizeof(path), "%s/t.db", dir);
-	s = store_open(path, err, sizeof(err));
-	assert_non_null(s);
-	assert_int_equal(store_start(s, loop, 100, 1, noop_policy, NULL), 0);
+	s = start_temp_store(dir, path, sizeof(path), loop, 100, 1);
 	store_set_retention(s, 30);
 
 	/* 3,000 rows 31 days old, then 2,000 of now. */
@@ -245,8 +263,8 @@ static void test_purge_reads_the_time_index(void **state)
 	assert_int_equal(st.purge_scans, 0);
 	assert_int_equal(store_close(s, 10000), 0);
 	ev_loop_destroy(loop);
-	snprintf(err, sizeof(err), "rm -rf %s", dir);
-	assert_int_equal(system(err), 0);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
 }
 
 /* ---- a VFS that fails on demand --------------------------------------------- */
@@ -449,21 +467,6 @@ static struct store_stats wst;
 		}                                                                  \
 	} while (0)
 
-static int64_t query_int(const char *path, const char *sql)
-{
-	sqlite3 *db;
-	sqlite3_stmt *q;
-	int64_t v = -1;
-
-	/* The plain unix VFS: the checks see the file as it is. */
-	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, "unix"), SQLITE_OK);
-	assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &q, NULL), SQLITE_OK);
-	if (sqlite3_step(q) == SQLITE_ROW)
-		v = sqlite3_column_int64(q, 0);
-	sqlite3_finalize(q);
-	sqlite3_close(db);
-	return v;
-}
 
 static void move(const char *dir, const char *from, const char *to)
 {
@@ -508,7 +511,7 @@ static void test_codes(void **state)
 
 static void test_reopen_cycle(void **state)
 {
-	char dir[] = "/tmp/tg-test-store-XXXXXX", path[256], err[256];
+	char dir[] = "/tmp/tg-test-store-XXXXXX", path[256];
 	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
 	struct store *s;
 	struct stat sb;
@@ -516,12 +519,7 @@ static void test_reopen_cycle(void **state)
 
 	(void)state;
 	assert_non_null(loop);
-	assert_non_null(mkdtemp(dir));
-	snprintf(path, sizeof(path), "%s/t.db", dir);
-	s = store_open(path, err, sizeof(err));
-	if (!s)
-		fail_msg("store_open: %s", err);
-	assert_int_equal(store_start(s, loop, 20, 3600, noop_policy, NULL), 0);
+	s = start_temp_store(dir, path, sizeof(path), loop, 20, 3600);
 
 	submit(s, 10);
 	WAIT_FOR(s, wst.flushes >= 1 && wst.pending_rows == 0);
