@@ -415,23 +415,38 @@ read -r rss_w rss_e rss_max rss_min ofd_w ofd_e ofd_max rate_mean < <(awk -F, -v
 		mx == "" ? "-" : mx, mn == "" ? "-" : mn, fw == "" ? "-" : fw, fe == "" ? "-" : fe,
 		fm == "" ? "-" : fm, rn ? rs / rn : 0 }' "$CSV")
 
-# The median RSS of each minute after the warm-up (the last one may be
-# shorter): the first, the last, and the one furthest from the first.
-read -r floor_first floor_last floor_far floor_n < <(awk -F, -v w="$WARM" '
-	NR == 1 || $1 <= w { next }
-	{ k = int(($1 - w - 1) / 60); r[k, ++n[k]] = $2; if (k > last) last = k }
+# Each minute's samples, once: minute 1 starts at the end of the warm-up
+# (the warm-up's are 0 and below; the last may be shorter). A line per
+# minute: k, first and last t, samples, RSS min, median and max (kB), the
+# writer's largest queue, mean NOTIFY/s, most other fds, audit rows dropped
+# at its end.
+MINUTES=$TMP/minutes.txt
+awk -F, -v w="$WARM" '
+	NR == 1 { next }
+	{ k = ($1 > w) ? int(($1 - w - 1) / 60) + 1 : -int((w - $1) / 60); if (!(k in n)) order[++nk] = k
+	  n[k]++; r[k, n[k]] = $2; if (!(k in t0)) t0[k] = $1; t1[k] = $1
+	  if ($9 > pend[k]) pend[k] = $9; rate[k] += $6; if ($5 > ofd[k]) ofd[k] = $5; drop[k] = $11 }
 	END {
-		if (!(0 in n)) { print "- - - 0"; exit }
-		for (k = 0; k <= last; k++) {
-			c = n[k]
-			for (a = 1; a <= c; a++) v[a] = r[k, a]
-			for (a = 2; a <= c; a++) { x = v[a]; b = a - 1; while (b >= 1 && v[b] > x) { v[b + 1] = v[b]; b-- } v[b + 1] = x }
-			f[k] = (c % 2) ? v[(c + 1) / 2] : (v[c / 2] + v[c / 2 + 1]) / 2
+		for (i = 1; i <= nk; i++) {
+			k = order[i]; m = n[k]
+			for (a = 1; a <= m; a++) v[a] = r[k, a]
+			for (a = 2; a <= m; a++) { x = v[a]; b = a - 1; while (b >= 1 && v[b] > x) { v[b + 1] = v[b]; b-- } v[b + 1] = x }
+			med = (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+			printf "%d %d %d %d %d %d %d %d %.0f %d %s\n", k, t0[k], t1[k], m, v[1], med, v[m], pend[k],
+				rate[k] / m, ofd[k], drop[k]
 		}
-		far = f[0]
-		for (k = 0; k <= last; k++) if ((f[k] - f[0]) ^ 2 > (far - f[0]) ^ 2) far = f[k]
-		print f[0], f[last], far, last + 1
-	}' "$CSV")
+	}' "$CSV" >"$MINUTES"
+# The median RSS of the minutes after the warm-up: the first, the last, and
+# the one furthest from the first.
+read -r med_first med_last med_far med_n < <(awk '
+	$1 < 1 { next }
+	{ f[++n] = $6 }
+	END {
+		if (!n) { print "- - - 0"; exit }
+		far = f[1]
+		for (i = 1; i <= n; i++) if ((f[i] - f[1]) ^ 2 > (far - f[1]) ^ 2) far = f[i]
+		print f[1], f[n], far, n
+	}' "$MINUTES")
 dropped=$(m "$TMP/m.final.txt" tokengate_audit_rows_dropped_total)
 
 mb() { awk -v k="$1" 'BEGIN { if (k == "-") print "-"; else printf "%.1f", k / 1024 }'; }
@@ -445,13 +460,13 @@ if [ "$rss_w" != - ] && [ "$rss_e" != - ]; then
 else
 	rss_pct=- rss_ratio=-
 fi
-if [ "$floor_first" != - ] && [ "$floor_n" -ge 2 ]; then
-	floor_pct=$(awk -v a="$floor_first" -v b="$floor_last" 'BEGIN { printf "%+.1f", (b - a) * 100 / a }')
-	floor_far_pct=$(awk -v a="$floor_first" -v b="$floor_far" 'BEGIN { printf "%+.1f", (b - a) * 100 / a }')
-	awk -v p="$floor_far_pct" -v t="$RSS_TOL" 'BEGIN { exit !(p <= t && p >= -t) }' ||
-		fail "RSS median of a minute $(mb "$floor_far") MB is $floor_far_pct % from $(mb "$floor_first") MB in the first minute after the warm-up (limit +-$RSS_TOL %)"
+if [ "$med_first" != - ] && [ "$med_n" -ge 2 ]; then
+	med_pct=$(awk -v a="$med_first" -v b="$med_last" 'BEGIN { printf "%+.1f", (b - a) * 100 / a }')
+	med_far_pct=$(awk -v a="$med_first" -v b="$med_far" 'BEGIN { printf "%+.1f", (b - a) * 100 / a }')
+	awk -v p="$med_far_pct" -v t="$RSS_TOL" 'BEGIN { exit !(p <= t && p >= -t) }' ||
+		fail "RSS median of a minute $(mb "$med_far") MB is $med_far_pct % from $(mb "$med_first") MB in the first minute after the warm-up (limit +-$RSS_TOL %)"
 else
-	floor_pct=- floor_far_pct=-
+	med_pct=- med_far_pct=-
 	fail "fewer than two minutes of samples after the warm-up"
 fi
 [ "${dropped:-x}" = 0 ] || fail "the writer fell behind: ${dropped:-?} audit rows dropped at audit_backlog_max (tokengate_audit_rows_dropped_total)"
@@ -471,7 +486,7 @@ fi
 [ "$FINAL_RC" = 0 ] && [ "$final_err" = 0 ] || fail "after the run, 1000 requests: exit $FINAL_RC, errors ${final_err:-?}"
 [ "$AGENT_RC" = 0 ] || fail "the agent's exit status on SIGTERM: $AGENT_RC"
 if [ -z "$FAILS" ]; then
-	VERDICT="soak: PASS: $SECS s at $RATE NOTIFY/s (top $TOP): RSS median $(mb "$floor_first") -> $(mb "$floor_last") MB from the first to the last minute after the warm-up ($floor_pct %, furthest $floor_far_pct %), 0 audit rows dropped, fds flat ($FD_IDLE0 idle before and after), 0 SPOP errors, agent answering, clean exit"
+	VERDICT="soak: PASS: $SECS s at $RATE NOTIFY/s (top $TOP): RSS median $(mb "$med_first") -> $(mb "$med_last") MB from the first to the last minute after the warm-up ($med_pct %, furthest $med_far_pct %), 0 audit rows dropped, fds flat ($FD_IDLE0 idle before and after), 0 SPOP errors, agent answering, clean exit"
 else
 	VERDICT="soak: FAIL:$FAILS"
 fi
@@ -515,7 +530,7 @@ cp "$CSV" "$OUTDIR/soak-latest.csv"
 	echo "| figure | value |"
 	echo "|---|---|"
 	echo "| RSS idle before the load | $(mb "$RSS_IDLE0") MB |"
-	echo "| RSS median of the minute (30 samples), first minute after the warm-up -> last minute | $(mb "$floor_first") -> $(mb "$floor_last") MB ($floor_pct %; over $floor_n minutes, furthest from the first: $(mb "$floor_far") MB, $floor_far_pct %; limit +-$RSS_TOL %) |"
+	echo "| RSS median of the minute (30 samples), first minute after the warm-up -> last minute | $(mb "$med_first") -> $(mb "$med_last") MB ($med_pct %; over $med_n minutes, furthest from the first: $(mb "$med_far") MB, $med_far_pct %; limit +-$RSS_TOL %) |"
 	echo "| audit rows dropped (writer behind) | ${dropped:-?} (must be 0) |"
 	echo "| RSS at the end of the warm-up ($WARM s) / at the end ($SECS s), single samples | $(mb "$rss_w") / $(mb "$rss_e") MB ($rss_pct %) |"
 	echo "| RSS max / min after the warm-up, single samples | $(mb "$rss_max") / $(mb "$rss_min") MB = $rss_ratio (the writer's queue comes and goes) |"
@@ -538,21 +553,8 @@ cp "$CSV" "$OUTDIR/soak-latest.csv"
 	echo
 	echo "| minute | t s | samples | RSS min MB | RSS median MB | RSS max MB | writer pending rows, max | NOTIFY/s, mean | other fds, max | audit dropped at its end |"
 	echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-	awk -F, -v w="$WARM" '
-	NR == 1 { next }
-	{ k = ($1 > w) ? int(($1 - w - 1) / 60) + 1 : -int((w - $1) / 60); if (!(k in n)) order[++nk] = k
-	  n[k]++; r[k, n[k]] = $2; if (!(k in t0)) t0[k] = $1; t1[k] = $1
-	  if ($9 > pend[k]) pend[k] = $9; rate[k] += $6; if ($5 > ofd[k]) ofd[k] = $5; drop[k] = $11 }
-	END {
-		for (i = 1; i <= nk; i++) {
-			k = order[i]; m = n[k]
-			for (a = 1; a <= m; a++) v[a] = r[k, a]
-			for (a = 2; a <= m; a++) { x = v[a]; b = a - 1; while (b >= 1 && v[b] > x) { v[b + 1] = v[b]; b-- } v[b + 1] = x }
-			med = (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
-			printf "| %d | %d-%d | %d | %.1f | %.1f | %.1f | %d | %.0f | %d | %s |\n", k, t0[k], t1[k], m,
-				v[1] / 1024, med / 1024, v[m] / 1024, pend[k], rate[k] / m, ofd[k], drop[k]
-		}
-	}' "$CSV"
+	awk '{ printf "| %d | %d-%d | %d | %.1f | %.1f | %.1f | %d | %d | %d | %s |\n", $1, $2, $3, $4,
+		$5 / 1024, $6 / 1024, $7 / 1024, $8, $9, $10, $11 }' "$MINUTES"
 	echo
 	echo "## Commands"
 	echo
