@@ -29,6 +29,23 @@ struct logsock *logsock_start(struct ev_loop *loop, const char *path, long mode,
 			      logsock_line_fn fn, void *arg, char *err, size_t errsz);
 void logsock_stop(struct logsock *s);
 
+/* A value in a log line: ptr and len, or len -1 when the key is absent. */
+struct logsock_val {
+	const char *ptr;
+	long len;
+};
+
+/*
+ * The values of keys[0..nkeys-1] in a log line (a space-separated
+ * key=value list; a syslog header before it is skipped naturally), read in
+ * one pass: vals[k] is the first token that starts with "keys[k]=".
+ */
+void logsock_fields(const char *line, size_t len, const char *const keys[], size_t nkeys,
+		    struct logsock_val vals[]);
+
+/* The integer in v, or def when absent, "-" or not a number. */
+long long logsock_val_int(struct logsock_val v, long long def);
+
 /*
  * The value of `key=` in a log line (a space-separated key=value list; a
  * syslog header before it is skipped naturally). Returns its length and

@@ -288,38 +288,44 @@ static void admin_cb(const char *path, struct http_reply *out, void *arg)
 }
 
 /* One of HAProxy's log lines: how a request ended. */
+enum { LL_ID, LL_BE, LL_TSC, LL_OUT, LL_OUTH, LL_ST, LL_PST, LL_PT, LL_CT, LL_SM, LL_RA, LL_COUNT };
+static const char *const log_keys[LL_COUNT] = {
+	[LL_ID] = "id", [LL_BE] = "be", [LL_TSC] = "tsc", [LL_OUT] = "out", [LL_OUTH] = "outh", [LL_ST] = "st",
+	[LL_PST] = "pst", [LL_PT] = "pt", [LL_CT] = "ct", [LL_SM] = "sm", [LL_RA] = "ra",
+};
+
 static void log_line_cb(const char *line, size_t len, void *arg)
 {
-	const char *id, *be, *tsc, *out, *outh;
-	long idl = logsock_field(line, len, "id", &id), bel = logsock_field(line, len, "be", &be);
-	long tscl = logsock_field(line, len, "tsc", &tsc), outl = logsock_field(line, len, "out", &out);
-	long outhl = logsock_field(line, len, "outh", &outh);
+	struct logsock_val v[LL_COUNT];
 	struct engine_end end = {0};
 	char backend[64], state[8];
 	static unsigned char output[8192];
 	long n;
 
 	(void)arg;
-	if (idl <= 0 || tscl <= 0)
+	logsock_fields(line, len, log_keys, LL_COUNT, v);
+	if (v[LL_ID].len <= 0 || v[LL_TSC].len <= 0)
 		return;
-	snprintf(backend, sizeof(backend), "%.*s", bel > 0 ? (int)bel : 0, bel > 0 ? be : "");
-	snprintf(state, sizeof(state), "%.*s", (int)tscl, tsc);
-	end.uid = id;
-	end.uid_len = (size_t)idl;
+	snprintf(backend, sizeof(backend), "%.*s", v[LL_BE].len > 0 ? (int)v[LL_BE].len : 0,
+		 v[LL_BE].len > 0 ? v[LL_BE].ptr : "");
+	snprintf(state, sizeof(state), "%.*s", (int)v[LL_TSC].len, v[LL_TSC].ptr);
+	end.uid = v[LL_ID].ptr;
+	end.uid_len = (size_t)v[LL_ID].len;
 	end.backend = backend;
 	end.tsc = state;
-	end.status = (int)logsock_int(line, len, "st", -1);
-	end.provider_status = (int)logsock_int(line, len, "pst", -1);
-	end.prompt_tokens = logsock_int(line, len, "pt", -1);
-	end.completion_tokens = logsock_int(line, len, "ct", -1);
-	end.streamed = (int)logsock_int(line, len, "sm", -1);
-	end.retry_after = logsock_int(line, len, "ra", 0);
-	if (outl > 1 && (n = logsock_base64(out, (size_t)outl, output, sizeof(output))) > 0) {
+	end.status = (int)logsock_val_int(v[LL_ST], -1);
+	end.provider_status = (int)logsock_val_int(v[LL_PST], -1);
+	end.prompt_tokens = logsock_val_int(v[LL_PT], -1);
+	end.completion_tokens = logsock_val_int(v[LL_CT], -1);
+	end.streamed = (int)logsock_val_int(v[LL_SM], -1);
+	end.retry_after = logsock_val_int(v[LL_RA], 0);
+	if (v[LL_OUT].len > 1 &&
+	    (n = logsock_base64(v[LL_OUT].ptr, (size_t)v[LL_OUT].len, output, sizeof(output))) > 0) {
 		end.output.ptr = output;
 		end.output.len = (size_t)n;
-	} else if (outhl == 64) {
+	} else if (v[LL_OUTH].len == 64) {
 		/* Hashed by HAProxy already ("hash" routes). */
-		end.output.ptr = (const uint8_t *)outh;
+		end.output.ptr = (const uint8_t *)v[LL_OUTH].ptr;
 		end.output.len = 64;
 	}
 	engine_on_log(g.env.engine, ev_now(g.env.loop), &end);

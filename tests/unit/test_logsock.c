@@ -110,6 +110,36 @@ static void test_fields(void **state)
 	assert_int_equal(logsock_int(line, strlen(line), "ra", 7), 7);
 }
 
+/* All keys of a production line in one pass, as each alone finds it. */
+static void test_fields_in_one_pass(void **state)
+{
+	static const char line[] =
+		"tokengate id=7F000001:9A2C_7F000001:1F90_65F1_0001:1D2E client=127.0.0.1:39724 method=POST "
+		"path=\"/v1/chat/completions\" be=provider_primary srv=primary1 st=200 tsc=---- tr=3 ta=4 "
+		"bytes_in=312 bytes_out=402 action=allow reason=ok err=- gate=- route=chat pst=200 fb=- pt=12 "
+		"ct=2 sm=0 ra=- out=- outh=-";
+	static const char *const keys[] = {"id", "be", "tsc", "out", "outh", "st", "pst", "pt", "ct", "sm", "ra", "nope"};
+	enum { N = sizeof(keys) / sizeof(keys[0]) };
+	struct logsock_val v[N];
+
+	(void)state;
+	logsock_fields(line, strlen(line), keys, N, v);
+	for (size_t i = 0; i < N; i++) {
+		const char *one = NULL;
+		long n = logsock_field(line, strlen(line), keys[i], &one);
+
+		assert_int_equal(v[i].len, n);
+		if (n >= 0)
+			assert_ptr_equal(v[i].ptr, one);
+	}
+	assert_int_equal(v[0].len, 42);
+	assert_int_equal(logsock_val_int(v[6], -1), 200);
+	assert_int_equal(logsock_val_int(v[8], -1), 2);
+	assert_int_equal(logsock_val_int(v[10], 5), 5); /* "-" */
+	assert_int_equal(v[N - 1].len, -1);
+	assert_null(v[N - 1].ptr);
+}
+
 /* Only a token that starts with key= counts, wherever else the text is. */
 static void test_field_token_start(void **state)
 {
@@ -214,6 +244,7 @@ int main(void)
 		cmocka_unit_test(test_burst_all_delivered),
 		cmocka_unit_test(test_fields),
 		cmocka_unit_test(test_field_token_start),
+		cmocka_unit_test(test_fields_in_one_pass),
 		cmocka_unit_test(test_only_a_socket_is_replaced),
 	};
 
