@@ -87,6 +87,7 @@ unit() {
 	run "unit/fallback$tag" "$bdir/test_fallback"
 	run "unit/redact$tag" "$bdir/test_redact"
 	run "unit/store$tag" "$bdir/test_store"
+	run "unit/politevfs$tag" "$bdir/test_politevfs"
 	run "unit/config$tag" "$bdir/test_config"
 	run "unit/tokenfile$tag" "$bdir/test_tokenfile"
 	run "unit/ratelog$tag" "$bdir/test_ratelog"
