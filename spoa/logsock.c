@@ -166,6 +166,8 @@ void logsock_fields(const char *line, size_t len, const char *const keys[], size
 				}
 			}
 		}
+		if (tok_end == end)
+			break;
 		p = tok_end + 1;
 	}
 }
