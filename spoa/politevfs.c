@@ -13,7 +13,9 @@ struct polite_file {
 
 static sqlite3_vfs polite_vfs;
 static sqlite3_vfs *real_vfs;
-static sqlite3_io_methods polite_methods;
+/* One table per version of the real files' methods (index 1-3), so that
+ * SQLite never calls a method a real file lacks; filled once. */
+static sqlite3_io_methods polite_methods[4];
 static void (*on_write)(void);
 
 #define REAL(f) (((struct polite_file *)(f))->real)
@@ -124,11 +126,11 @@ static int p_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags
 		f->pMethods = NULL;
 		return rc;
 	}
-	/* The unix VFS's files are version 3; a lower one (another default
-	 * VFS) gets the same version from us, so SQLite never calls a method
-	 * the real file lacks. */
-	polite_methods.iVersion = pf->real->pMethods->iVersion < 3 ? pf->real->pMethods->iVersion : 3;
-	f->pMethods = &polite_methods;
+	{
+		int version = pf->real->pMethods->iVersion;
+
+		f->pMethods = &polite_methods[version < 1 ? 1 : version > 3 ? 3 : version];
+	}
 	return rc;
 }
 
@@ -141,7 +143,7 @@ int politevfs_register(void (*hook)(void))
 	real_vfs = sqlite3_vfs_find(NULL);
 	if (!real_vfs)
 		return -1;
-	polite_methods = (sqlite3_io_methods){
+	polite_methods[3] = (sqlite3_io_methods){
 		.iVersion = 3,
 		.xClose = p_close,
 		.xRead = p_read,
@@ -162,6 +164,10 @@ int politevfs_register(void (*hook)(void))
 		.xFetch = p_fetch,
 		.xUnfetch = p_unfetch,
 	};
+	for (int version = 1; version < 3; version++) {
+		polite_methods[version] = polite_methods[3];
+		polite_methods[version].iVersion = version;
+	}
 	/* The rest of the VFS (names, deletes, time, randomness) is the real
 	 * one's: the unix VFS's functions other than xOpen do not depend on
 	 * which sqlite3_vfs they are called through. */
