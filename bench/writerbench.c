@@ -169,10 +169,7 @@ struct plain {
 static void plain_open(struct plain *p, const char *path)
 {
 	check(p->db, sqlite3_open(path, &p->db), path);
-	check(p->db, sqlite3_exec(p->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; "
-					 "PRAGMA cache_size = -32768;",
-				  NULL, NULL, NULL),
-	      "pragmas");
+	check(p->db, sqlite3_exec(p->db, STORE_PRAGMAS, NULL, NULL, NULL), "pragmas");
 	check(p->db,
 	      sqlite3_prepare_v2(p->db,
 				 "INSERT INTO daily_usage(day, user_id, tokens_in, tokens_out, requests, cost_usd, "

@@ -18,16 +18,6 @@
 #include "schema.h"
 
 #define STORE_BUSY_TIMEOUT_MS 200
-/* Page cache of the writer's connection: today's rows of a few hundred
- * thousand users stay in memory instead of being re-read for each flush. */
-#define STORE_CACHE_KB "32768"
-/* A flush of N random users dirties about N pages of daily_usage, and a
- * checkpoint copies every page the WAL holds back into the database. With
- * SQLite's default of 1000 pages nearly every flush of a busy day ended in
- * a checkpoint of most of the table; at 10000 (a WAL of up to 40 MB with
- * 4 KB pages) a checkpoint copies each page once for several flushes:
- * 2,600 users out of 100,000 per flush cost 4.5 us of CPU each, not 6.4. */
-#define STORE_WAL_CHECKPOINT_PAGES "10000"
 /* offer_cpu: every 32 rows or writes, the clock; every 0.1 ms, a yield
  * (0.25 ms left a p99 of 0.4-0.7 ms unloaded, 0.1 ms 0.3-0.4 ms). */
 #define STORE_OFFER_CALLS 32
@@ -279,15 +269,7 @@ static void sqlite_setup(void)
 static int tune(sqlite3 *db, char *sub, size_t subsz)
 {
 	sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
-	/* WAL lets operators read (and the shell write) while we write;
-	 * NORMAL syncs at checkpoints only: a power loss may lose the last
-	 * transactions, a crash of this process loses nothing committed. */
-	if (exec(db, "PRAGMA journal_mode = WAL", sub, subsz) == -1 ||
-	    exec(db, "PRAGMA synchronous = NORMAL", sub, subsz) == -1 ||
-	    exec(db, "PRAGMA wal_autocheckpoint = " STORE_WAL_CHECKPOINT_PAGES, sub, subsz) == -1 ||
-	    exec(db, "PRAGMA cache_size = -" STORE_CACHE_KB, sub, subsz) == -1)
-		return -1;
-	return 0;
+	return exec(db, STORE_PRAGMAS, sub, subsz);
 }
 
 static int prepare_all(struct store *s, char *err, size_t errsz)
@@ -678,6 +660,9 @@ static int step_reset(sqlite3_stmt *st)
 	return rc == SQLITE_DONE ? 0 : -1;
 }
 
+/* Set by the writer while it is behind (offer_cpu). */
+static _Thread_local bool writer_behind;
+
 /*
  * Called once per row written and, through politevfs, before every write
  * SQLite makes: every STORE_OFFER_S of such work, the CPU is offered to
@@ -687,8 +672,12 @@ static int step_reset(sqlite3_stmt *st)
  * delayed 2.3-2.8 ms at every flush, the whole p99 of an unloaded gateway
  * (2.5 ms against 0.2 ms with the writer idle). A higher nice value for the
  * thread did not help; giving the CPU up does. When nothing else wants
- * it, sched_yield returns at once. Thread-local: only the writer thread
- * writes, but tools and tests may open stores on other threads.
+ * it, sched_yield returns at once. Not while the writer is behind (more
+ * than one batch waited for it): then the CPU it would give away is what
+ * it needs to catch up, and at the loop's top rate yielding cost audit
+ * rows (1.7 % dropped at audit_backlog_max, none without). Thread-local:
+ * only the writer thread writes, but tools and tests may open stores on
+ * other threads.
  */
 static void offer_cpu(void)
 {
@@ -696,7 +685,7 @@ static void offer_cpu(void)
 	static _Thread_local unsigned calls;
 	double now;
 
-	if (++calls < STORE_OFFER_CALLS)
+	if (writer_behind || ++calls < STORE_OFFER_CALLS)
 		return;
 	calls = 0;
 	now = mono_now();
@@ -1290,6 +1279,7 @@ static void *writer_main(void *arg)
 
 		for (int i = 0; i < ndispose; i++)
 			policy_free(dispose[i]);
+		writer_behind = got && got->next;
 		carry(s, got);
 		now = mono_now();
 		/* Closed after lasting refusals (after_write): open it again;
