@@ -483,7 +483,7 @@ HOSTINFO=$TMP/host.tsv
 	printf 'unix max_dgram_qlen\t%s (datagrams the agent'"'"'s log socket queues; HAProxy drops a log line beyond)\n' "$(cat /proc/sys/net/unix/max_dgram_qlen 2>/dev/null || echo '?')"
 	printf 'strace\t%s\n' "$(command -v strace >/dev/null && first strace -V || echo 'not installed')"
 	printf 'tokengate\t%s\n' "$(first "$TG" --version)"
-	printf 'commit\t%s\n' "$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')"
+	printf 'commit\t%s\n' "$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- . ':!bench/results' 2>/dev/null || echo ' (uncommitted changes)')"
 	printf 'config\t%s rounds; wrk -t1 -c%s %s s and -c1 %s s per system after %s s warmup; %s users; HAProxy nbthread %s\n' "$ROUNDS" "$CONNS" "$DUR" "$DUR1" "$WARM" "$USERS" "$NBTHREAD"
 	printf 'duration\t%s s of runs (steady run included), %s s of strace check\n' "$((T1 - T0))" "$((T2 - T1))"
 	printf 'load\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -68,7 +68,7 @@ done
 
 mkdir -p "$OUT"
 awk -v md="$OUT/scale-latest.md" -v js="$OUT/scale-latest.json" -v secs="$SECS" -v rounds="$ROUNDS" \
-	-v host="$(nproc) CPUs, $(uname -r), $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (uncommitted changes)')" '
+	-v host="$(nproc) CPUs, $(uname -r), $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- . ':!bench/results' 2>/dev/null || echo ' (uncommitted changes)')" '
 function med(a, n,    i, j, t) {
 	for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
 	return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2

@@ -165,6 +165,7 @@ struct stats {
 	uint64_t completed;	/* ACKs counted (after warmup) */
 	uint64_t warmup_acks;
 	uint64_t sent;
+	uint64_t frames;	/* NOTIFY frames sent: requests and llm-responses */
 	uint64_t dropped;	/* in flight when a connection was lost */
 	uint64_t protocol_errors;
 	uint64_t agent_disconnects;
@@ -590,6 +591,7 @@ conn_fill(struct conn *c, uint64_t now)
 		c->slots[slot].fid = 1;
 		c->inflight++;
 		c->w->st.sent++;
+		c->w->st.frames++;
 		pace_take(c, now);
 	}
 	return 0;
@@ -806,6 +808,7 @@ conn_on_frame(struct conn *c, const struct spopwire_frame *f, uint64_t now)
 			return -1;
 		}
 		c->wlen += (size_t)n;
+		c->w->st.frames++;
 		s->fid = 2;
 		s->t_send = now;
 		/* Sent at once, as HAProxy would, but counted against -r:
@@ -1313,13 +1316,13 @@ report(const struct opts *o, const struct stats *st, double window,
 		       "\"protocol_errors\":%" PRIu64 ",\"agent_disconnects\":%" PRIu64 ","
 		       "\"timeouts\":%" PRIu64 ",\"connect_errors\":%" PRIu64 ","
 		       "\"peer_closes\":%" PRIu64 ",\"connects\":%" PRIu64 ","
-		       "\"sent\":%" PRIu64 ",\"dropped\":%" PRIu64 ","
+		       "\"sent\":%" PRIu64 ",\"frames_sent\":%" PRIu64 ",\"dropped\":%" PRIu64 ","
 		       "\"notify_per_s\":%.1f,\"mean_us\":%.1f,\"p50_us\":%.1f,"
 		       "\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f",
 		       o->host, o->port, o->conns, o->depth, o->threads, o->users,
 		       o->warmup, window, st->completed, errors, st->protocol_errors,
 		       st->agent_disconnects, st->timeouts, st->connect_errors,
-		       st->peer_closes, st->connects, st->sent, st->dropped, rate,
+		       st->peer_closes, st->connects, st->sent, st->frames, st->dropped, rate,
 		       mean, p50, p99, p999, max);
 		if (o->rate > 0)
 			printf(",\"rate_per_s\":%.1f", o->rate);
@@ -1425,6 +1428,7 @@ main(int argc, char **argv)
 		total.completed += s->completed;
 		total.warmup_acks += s->warmup_acks;
 		total.sent += s->sent;
+		total.frames += s->frames;
 		total.dropped += s->dropped;
 		total.protocol_errors += s->protocol_errors;
 		total.agent_disconnects += s->agent_disconnects;
