@@ -88,7 +88,7 @@ stop "$AGENT" KILL
 
 mkdir -p "$OUT"
 awk -v secs="$SECS" -v users="$USERS" -v load_rc="$load_rc" -v drain_ms="$drain_ms" -v f0="$f0" -v f1="$f1" \
-	-v fsum="$flush_sum" -v aw="${audit_written:-0}" -v ad="${audit_dropped:-0}" -v md="$OUT/writer-latest.md" -v js="$OUT/writer-latest.json" \
+	-v fsum="$flush_sum" -v aw="${audit_written:--1}" -v ad="${audit_dropped:--1}" -v md="$OUT/writer-latest.md" -v js="$OUT/writer-latest.json" \
 	-v wbu="$(cat "$TMP/wb-usage.json")" -v wba="$(cat "$TMP/wb-audit.json")" \
 	-v host="$(nproc) CPUs, $(uname -r), $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- . ':!bench/results' 2>/dev/null || echo ' (uncommitted changes)')" '
 function wbtable(j, title,    n, parts, i, f, v) {
@@ -131,13 +131,13 @@ END {
 	printf "\n- mean %.0f NOTIFY/s (half of them decisions, half settlements); spopload exit status %d\n", avg, load_rc > md
 	# The queue is bounded by audit_backlog_max whatever the writer does:
 	# it keeps up only if nothing was dropped there.
-	verdict = grows ? "**it grows**" : (ad > 0 ? "**bounded only by dropping audit rows** (the writer does not keep up)" : "it does not grow, and nothing was dropped (the writer keeps up)")
+	verdict = grows ? "**it grows**" : (ad < 0 ? "**unknown**: the dropped-rows counter could not be read" : (ad > 0 ? "**bounded only by dropping audit rows** (the writer does not keep up)" : "it does not grow, and nothing was dropped (the writer keeps up)"))
 	printf "- largest queue in the first third %d rows, in the last third %d rows: %s\n", first, last, verdict > md
 	printf "- queue empty %d ms after the load stopped\n", drain_ms > md
 	printf "- audit rows written %d, dropped at audit_backlog_max %d (%.1f %%): what the writer cannot store at this rate is dropped and counted, so the queue stays bounded; usage counters are never dropped\n", aw, ad, ((aw + ad) ? 100 * ad / (aw + ad) : 0) > md
 	if (f1 > f0) printf "- %d flushes, %.1f ms of writer time each on average\n", f1 - f0, fsum * 1000 / f1 > md
 	printf "{\"users\":%d,\"seconds\":%d,\"writerbench_usage\":%s,\"writerbench_audit\":%s,", users, secs, wbu, wba > js
-	printf "\"sustained\":{\"mean_notify_per_s\":%.0f,\"pending_first_third_max\":%d,\"pending_last_third_max\":%d,\"grows\":%s,\"keeps_up\":%s,\"drain_ms\":%d,\"audit_rows_written\":%d,\"audit_rows_dropped\":%d,\"samples\":[", avg, first, last, (grows ? "true" : "false"), (!grows && ad == 0 ? "true" : "false"), drain_ms, aw, ad > js
+	printf "\"sustained\":{\"mean_notify_per_s\":%.0f,\"pending_first_third_max\":%d,\"pending_last_third_max\":%d,\"grows\":%s,\"keeps_up\":%s,\"drain_ms\":%d,\"audit_rows_written\":%d,\"audit_rows_dropped\":%d,\"samples\":[", avg, first, last, (grows ? "true" : "false"), (!grows && ad == 0 && aw >= 0 ? "true" : "false"), drain_ms, aw, ad > js
 	for (i = 1; i <= k; i++) printf "%s{\"t\":%d,\"notify_per_s\":%d,\"pending_rows\":%d}", (i > 1 ? "," : ""), t[i], nps[i], pend[i] > js
 	print "]}}" > js
 }' "$TMP/samples.tsv"
