@@ -84,7 +84,6 @@ TG_AGENT_EXTERNAL=${TG_AGENT_PORT:+1}
 TG_PASSED=0
 TG_FAILED=0
 TG__PIDS=""           # "pid:name pid:name ...", in start order
-TG__PORTS=""          # ports handed out by tg_free_port
 TG__CLEANED=""
 
 TG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/tokengate-e2e.$(basename "$0" .sh).XXXXXX") || {
@@ -290,7 +289,10 @@ tg_stop_all() {
 }
 
 # tg_free_port: print a TCP port that is free on 127.0.0.1 right now (the
-# kernel picks it), never the same twice in one test.
+# kernel picks it), never the same twice in one test. The ports handed out
+# are kept in a file: callers use $(tg_free_port), a subshell, where a
+# variable would be forgotten (test_metrics once got the same port for its
+# frontend and HAProxy's metrics frontend, and requests went to either).
 tg_free_port() {
 	tg__n=0
 	while [ "$tg__n" -lt 20 ]; do
@@ -298,14 +300,13 @@ tg_free_port() {
 s = socket.socket()
 s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])') || return 1
-		case " $TG__PORTS " in
-		*" $tg__p "*) tg__n=$((tg__n + 1)) ;;
-		*)
-			TG__PORTS="$TG__PORTS $tg__p"
-			echo "$tg__p"
-			return 0
-			;;
-		esac
+		if grep -qx "$tg__p" "$TG_TMP/ports-handed-out" 2>/dev/null; then
+			tg__n=$((tg__n + 1))
+			continue
+		fi
+		echo "$tg__p" >>"$TG_TMP/ports-handed-out"
+		echo "$tg__p"
+		return 0
 	done
 	return 1
 }
