@@ -4,7 +4,6 @@
 
 #include <sqlite3.h>
 #include <stddef.h>
-#include <string.h>
 
 struct polite_file {
 	sqlite3_file base;

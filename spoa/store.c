@@ -252,13 +252,14 @@ static int migrate(sqlite3 *db, const char *path, char *err, size_t errsz)
 	return 0;
 }
 
+static void offer_cpu(void);
+
 /* SQLite counts every allocation under a process-wide mutex unless told
  * not to; nothing here reads those counts, and the writer thread makes
  * millions of allocations per second under load. Must run before SQLite
  * initializes, i.e. before the first open; later calls are refused
- * harmlessly (SQLITE_MISUSE). */
-static void offer_cpu(void);
-
+ * harmlessly (SQLITE_MISUSE). Also makes politevfs the default VFS, so
+ * that every connection's writes offer the CPU (offer_cpu). */
 static void sqlite_setup(void)
 {
 	sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
