@@ -4,7 +4,7 @@
 #   make test       unit + end-to-end tests (plain build)
 #   make asan       the same tests with the agent built under ASan + UBSan
 #   make check      what CI runs: deps, test and asan in one summary, fuzz
-#   make fuzz       libFuzzer on the frame decoder, the body scanner, the log-line parser and the config file reader (FUZZ_SECONDS each, default 60)
+#   make fuzz       libFuzzer on the frame decoder, the body scanner, the log-line parser, the config file reader and the usage journal decoder (FUZZ_SECONDS each, default 60)
 #   make bench      the side-by-side benchmarks (see bench/)
 #   make soak       10 minutes under load: memory and fds flat (SOAK_SECONDS; not in check/CI)
 #   make valgrind   e2e suites with the agent under valgrind, no error, no leak (40 s; in check)
@@ -32,7 +32,7 @@ SPOA_SRC := $(filter-out spoa/main.c,$(wildcard spoa/*.c))
 SPOA_OBJ := $(SPOA_SRC:%.c=$(BUILD)/%.o) $(BUILD)/schema_sql.o
 WIRE_OBJ := $(BUILD)/bench/spopwire.o
 
-BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/test_daytime $(BUILD)/test_engine $(BUILD)/test_breaker $(BUILD)/test_batch $(BUILD)/test_logsock $(BUILD)/test_strmap $(BUILD)/test_ledger $(BUILD)/test_fallback $(BUILD)/test_redact $(BUILD)/test_config $(BUILD)/test_tokenfile $(BUILD)/test_ratelog $(BUILD)/test_store $(BUILD)/test_politevfs $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/writerbench $(BUILD)/fuzz_replay $(BUILD)/fuzz_body_replay $(BUILD)/fuzz_logline_replay $(BUILD)/fuzz_config_replay
+BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/test_daytime $(BUILD)/test_engine $(BUILD)/test_breaker $(BUILD)/test_batch $(BUILD)/test_journal $(BUILD)/test_logsock $(BUILD)/test_strmap $(BUILD)/test_ledger $(BUILD)/test_fallback $(BUILD)/test_redact $(BUILD)/test_config $(BUILD)/test_tokenfile $(BUILD)/test_ratelog $(BUILD)/test_store $(BUILD)/test_politevfs $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/writerbench $(BUILD)/fuzz_replay $(BUILD)/fuzz_body_replay $(BUILD)/fuzz_logline_replay $(BUILD)/fuzz_config_replay $(BUILD)/fuzz_journal_replay
 
 .PHONY: all test asan check fuzz bench soak valgrind install clean deps
 all: $(BINS)
@@ -72,6 +72,10 @@ $(BUILD)/test_breaker: $(BUILD)/tests/unit/test_breaker.o $(SPOA_OBJ)
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
 $(BUILD)/test_batch: $(BUILD)/tests/unit/test_batch.o $(SPOA_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+$(BUILD)/test_journal: $(BUILD)/tests/unit/test_journal.o $(SPOA_OBJ)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
@@ -148,6 +152,10 @@ $(BUILD)/fuzz_config_replay: $(BUILD)/tests/fuzz/fuzz_config.o $(BUILD)/tests/fu
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/fuzz_journal_replay: $(BUILD)/tests/fuzz/fuzz_journal.o $(BUILD)/tests/fuzz/replay_main.o $(SPOA_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 # libFuzzer build: clang only. UBSan recovers by default: a "runtime error"
 # would be printed and the run would still end with status 0, so every check
 # is made fatal (libFuzzer then saves the input as a crash). The Makefile is a
@@ -173,6 +181,11 @@ $(BUILD)/fuzz_body: tests/fuzz/fuzz_body.c $(SPOA_SRC) $(BUILD)/schema_sql.c Mak
 	@$(if $(Q),echo "  FUZZ    $@")
 	$(Q)clang $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(LDLIBS)
 
+$(BUILD)/fuzz_journal: tests/fuzz/fuzz_journal.c $(SPOA_SRC) $(BUILD)/schema_sql.c Makefile
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZ    $@")
+	$(Q)clang $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(LDLIBS)
+
 # The ASan + UBSan build (build-asan) of `make asan` and `make check`: every
 # UBSan check fatal, as in the fuzzers, so that a report fails the test.
 SAN_CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
@@ -191,8 +204,8 @@ asan:
 # the ones that add coverage into the committed corpus, e.g.
 #   $(BUILD)/fuzz_frame -merge=1 -max_len=70000 tests/fuzz/corpus $(BUILD)/fuzz-corpus
 fuzz: export UBSAN_OPTIONS := halt_on_error=1:print_stacktrace=1
-fuzz: $(BUILD)/fuzz_frame $(BUILD)/fuzz_body $(BUILD)/fuzz_logline $(BUILD)/fuzz_config
-	$(Q)mkdir -p $(BUILD)/fuzz-corpus $(BUILD)/fuzz-corpus-body $(BUILD)/fuzz-corpus-logline $(BUILD)/fuzz-corpus-config
+fuzz: $(BUILD)/fuzz_frame $(BUILD)/fuzz_body $(BUILD)/fuzz_logline $(BUILD)/fuzz_config $(BUILD)/fuzz_journal
+	$(Q)mkdir -p $(BUILD)/fuzz-corpus $(BUILD)/fuzz-corpus-body $(BUILD)/fuzz-corpus-logline $(BUILD)/fuzz-corpus-config $(BUILD)/fuzz-corpus-journal
 	$(Q)$(BUILD)/fuzz_frame -max_total_time=$(FUZZ_SECONDS) -max_len=70000 -artifact_prefix=$(BUILD)/ \
 		-print_final_stats=1 $(BUILD)/fuzz-corpus tests/fuzz/corpus
 	$(Q)$(BUILD)/fuzz_body -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
@@ -201,6 +214,8 @@ fuzz: $(BUILD)/fuzz_frame $(BUILD)/fuzz_body $(BUILD)/fuzz_logline $(BUILD)/fuzz
 		-print_final_stats=1 -artifact_prefix=$(BUILD)/ $(BUILD)/fuzz-corpus-logline tests/fuzz/corpus-logline
 	$(Q)$(BUILD)/fuzz_config -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
 		-print_final_stats=1 -artifact_prefix=$(BUILD)/ $(BUILD)/fuzz-corpus-config tests/fuzz/corpus-config
+	$(Q)$(BUILD)/fuzz_journal -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+		-print_final_stats=1 -artifact_prefix=$(BUILD)/ $(BUILD)/fuzz-corpus-journal tests/fuzz/corpus-journal
 
 deps:
 	$(Q)ops/install-deps.sh
@@ -209,7 +224,7 @@ deps:
 check: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CC=clang \
-		CFLAGS="$(SAN_CFLAGS)" all $(if $(filter 0,$(FUZZ_SECONDS)),,build-asan/fuzz_frame build-asan/fuzz_body build-asan/fuzz_logline build-asan/fuzz_config)
+		CFLAGS="$(SAN_CFLAGS)" all $(if $(filter 0,$(FUZZ_SECONDS)),,build-asan/fuzz_frame build-asan/fuzz_body build-asan/fuzz_logline build-asan/fuzz_config build-asan/fuzz_journal)
 	$(Q)TG_BUILD=build TG_ASAN_BUILD=build-asan TG_FUZZ_SECONDS=$(FUZZ_SECONDS) TG_VALGRIND=1 tests/run.sh
 
 bench: all

@@ -5,10 +5,11 @@
 #   TG_ASAN_BUILD=build-asan  optional: run the unit and end-to-end suites
 #                             again with these ASan+UBSan binaries
 #   TG_FUZZ_SECONDS=60        optional: libFuzzer runs of the frame decoder, the
-#                             body scanner, the log-line parser and the config
-#                             file reader, that long each (needs
-#                             $TG_ASAN_BUILD/fuzz_frame, fuzz_body, fuzz_logline,
-#                             fuzz_config), 0 = skip
+#                             body scanner, the log-line parser, the config
+#                             file reader and the usage journal decoder, that
+#                             long each (needs $TG_ASAN_BUILD/fuzz_frame,
+#                             fuzz_body, fuzz_logline, fuzz_config,
+#                             fuzz_journal), 0 = skip
 #   TG_VALGRIND=1             optional: a few end-to-end suites again with the
 #                             agent under valgrind (tests/valgrind.sh, about 40 s)
 #   TG_ONLY=pattern           run only suites whose name contains pattern
@@ -81,6 +82,7 @@ unit() {
 	run "unit/engine$tag" "$bdir/test_engine"
 	run "unit/breaker$tag" "$bdir/test_breaker"
 	run "unit/batch$tag" "$bdir/test_batch"
+	run "unit/journal$tag" "$bdir/test_journal"
 	run "unit/logsock$tag" "$bdir/test_logsock"
 	run "unit/strmap$tag" "$bdir/test_strmap"
 	run "unit/ledger$tag" "$bdir/test_ledger"
@@ -96,6 +98,7 @@ unit() {
 	run "unit/fuzz-body-corpus-replay$tag" "$bdir/fuzz_body_replay" tests/fuzz/corpus-body
 	run "unit/fuzz-logline-corpus-replay$tag" "$bdir/fuzz_logline_replay" tests/fuzz/corpus-logline
 	run "unit/fuzz-config-corpus-replay$tag" "$bdir/fuzz_config_replay" tests/fuzz/corpus-config
+	run "unit/fuzz-journal-corpus-replay$tag" "$bdir/fuzz_journal_replay" tests/fuzz/corpus-journal
 }
 
 # The test clients come from the same build as the agent: in the ASan pass
@@ -134,6 +137,7 @@ if [ "$FUZZ" -gt 0 ] && [ -n "$A" ]; then
 	run "fuzz/body-scanner (${FUZZ}s)" fuzzrun fuzz_body 8192 corpus-body
 	run "fuzz/log-line-parser-and-config-setter (${FUZZ}s)" fuzzrun fuzz_logline 8192 corpus-logline
 	run "fuzz/config-file-reader (${FUZZ}s)" fuzzrun fuzz_config 4096 corpus-config
+	run "fuzz/journal-decoder (${FUZZ}s)" fuzzrun fuzz_journal 4096 corpus-journal
 fi
 
 echo "$passed passed, $failed failed"
