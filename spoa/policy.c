@@ -18,6 +18,7 @@ struct policy *policy_new(void)
 		return NULL;
 	strcpy(p->time_zone, "UTC");
 	p->flush_interval_ms = 100;
+	p->daily_usage_interval_ms = 1000;
 	p->audit_retention_days = 30;
 	p->global_ceiling_nano = POLICY_UNLIMITED;
 	p->global_ceiling_fallback = true;
@@ -102,6 +103,10 @@ int policy_set(struct policy *p, const char *name, const char *value, char *err,
 		if (parse_long(value, 10, 60000, &v) == -1)
 			goto bad;
 		p->flush_interval_ms = v;
+	} else if (!strcmp(name, "daily_usage_interval_ms")) {
+		if (parse_long(value, 10, 60000, &v) == -1)
+			goto bad;
+		p->daily_usage_interval_ms = v;
 	} else if (!strcmp(name, "audit_retention_days")) {
 		if (parse_long(value, 0, 36500, &v) == -1)
 			goto bad;

@@ -87,6 +87,7 @@ struct policy {
 	/* settings */
 	char time_zone[64];
 	long flush_interval_ms;
+	long daily_usage_interval_ms; /* daily_usage written this often, usage_journal between */
 	long audit_retention_days;
 	int64_t global_ceiling_nano; /* POLICY_UNLIMITED when none */
 	bool global_ceiling_fallback;

@@ -96,6 +96,7 @@ char *state_json(const struct metrics_sources *m, size_t *len)
 
 	o = cJSON_AddObjectToObject(root, "settings");
 	cJSON_AddNumberToObject(o, "flush_interval_ms", (double)p->flush_interval_ms);
+	cJSON_AddNumberToObject(o, "daily_usage_interval_ms", (double)p->daily_usage_interval_ms);
 	cJSON_AddNumberToObject(o, "audit_retention_days", (double)p->audit_retention_days);
 	cJSON_AddItemToObject(o, "global_daily_cost_ceiling_usd", limit(p->global_ceiling_nano, 1e9));
 	cJSON_AddStringToObject(o, "global_ceiling_action", p->global_ceiling_fallback ? "fallback" : "deny");

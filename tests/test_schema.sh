@@ -88,6 +88,7 @@ check "integrity_check" "PRAGMA integrity_check;" "ok"
 check "foreign_key_check is empty" "PRAGMA foreign_key_check;" ""
 check "settings seeded" "SELECT name || '=' || value FROM settings ORDER BY name;" \
 "audit_retention_days=30
+daily_usage_interval_ms=1000
 default_max_tokens=1024
 default_tier=default
 flush_interval_ms=100
