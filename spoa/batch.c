@@ -53,6 +53,7 @@ void batch_reset(struct batch *b)
 	b->nusage = b->naudit = b->nhealth = 0;
 	b->keys_len = 0;
 	b->current_day[0] = '\0';
+	b->fold = false;
 	b->next = NULL;
 }
 
@@ -244,6 +245,9 @@ int batch_merge(struct batch *dst, struct batch *src)
 	}
 	if (src->current_day[0])
 		memcpy(dst->current_day, src->current_day, sizeof(dst->current_day));
+	/* A fold's rows are every user-day changed since the fold before: with
+	 * the newer rows merged in, still a superset of everything journaled. */
+	dst->fold = dst->fold || src->fold;
 	strmap_clear(&index);
 	batch_free(src);
 	return 0;

@@ -1,11 +1,13 @@
 /*
  * batch: what the loop hands the store thread in one go: the current
- * value of every user-day that changed, and the audit rows decided since
- * the last batch. Plain copies: the store never touches loop memory.
+ * value of every user-day that changed (since the last batch, or since the
+ * last fold), and the audit rows decided since the last batch. Plain
+ * copies: the store never touches loop memory.
  */
 #ifndef TOKENGATE_BATCH_H
 #define TOKENGATE_BATCH_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -76,6 +78,10 @@ struct batch {
 	char *keys; /* the usage rows' day + user strings */
 	size_t keys_len, keys_cap;
 	char current_day[11];
+	/* The usage rows are every user-day changed since the last fold, to
+	 * be written to daily_usage (emptying usage_journal); otherwise they
+	 * are those changed since the last batch, journaled as one blob. */
+	bool fold;
 	struct batch *next; /* the store's queue */
 };
 

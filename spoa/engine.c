@@ -33,6 +33,8 @@ struct engine {
 	struct batch *batch;
 	struct daytime_day today;
 	bool day_changed; /* the next batch says so even if nothing else changed */
+	bool fold_due;    /* the next batch is a fold (engine_rewrite_usage) */
+	double folded_at; /* when the last fold was taken */
 	struct batch *spare;
 	struct strmap breakers; /* provider name -> struct breaker, kept across policies */
 	double health_at;       /* last time every breaker was snapshotted */
@@ -1078,21 +1080,29 @@ static void add_health(void *val, void *arg)
 	h->failures_total = (int64_t)b->failures_total;
 }
 
-struct batch *engine_take_batch(struct engine *e)
+struct batch *engine_take_batch(struct engine *e, double now, bool fold_now)
 {
+	const struct policy *p = e->policy;
 	struct batch *b, *fresh;
+	bool fold = fold_now || e->fold_due ||
+		    now - e->folded_at >= (double)(p->daily_usage_interval_ms - p->flush_interval_ms / 2) / 1000.0;
 
 	strmap_each(&e->breakers, add_health, e);
-	if (ledger_dirty_count(e->ledger) == 0 && e->batch->naudit == 0 && e->batch->nhealth == 0 &&
+	if (ledger_dirty_count(e->ledger, fold) == 0 && e->batch->naudit == 0 && e->batch->nhealth == 0 &&
 	    e->batch->nprompts == 0 && !e->day_changed)
 		return NULL;
-	e->day_changed = false;
 	fresh = e->spare ? e->spare : batch_new();
 	if (!fresh)
 		return NULL; /* try again next time; nothing is lost */
 	e->spare = NULL;
-	ledger_flush_dirty(e->ledger, add_usage, e);
+	e->day_changed = false;
+	if (fold) {
+		e->fold_due = false;
+		e->folded_at = now;
+	}
+	ledger_flush_dirty(e->ledger, fold, add_usage, e);
 	b = e->batch;
+	b->fold = fold;
 	memcpy(b->current_day, e->today.str, sizeof(b->current_day));
 	e->batch = fresh;
 	return b;
@@ -1100,6 +1110,7 @@ struct batch *engine_take_batch(struct engine *e)
 
 size_t engine_rewrite_usage(struct engine *e)
 {
+	e->fold_due = true;
 	return ledger_mark_all_dirty(e->ledger);
 }
 

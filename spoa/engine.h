@@ -116,14 +116,24 @@ void engine_tick(struct engine *e, double now);
 /* Settles every open reservation at its estimate (shutdown). */
 void engine_expire_all(struct engine *e, double now);
 
-/* What changed since the last call, or NULL if nothing did. The caller
- * owns the batch. */
-struct batch *engine_take_batch(struct engine *e);
+/*
+ * What changed since the last call, or NULL if nothing did. The caller
+ * owns the batch. It is a fold (batch.fold: its usage rows are every
+ * user-day changed since the last fold, for daily_usage) when fold_now is
+ * set, when engine_rewrite_usage asked for one, or when the policy's
+ * daily_usage_interval_ms has passed since the last fold (within half a
+ * flush interval, so that the timer's jitter does not skip one); otherwise
+ * its usage rows are those changed since the last batch, for the journal.
+ * An agent that was idle longer than that interval folds its first change
+ * at once.
+ */
+struct batch *engine_take_batch(struct engine *e, double now, bool fold_now);
 
-/* Puts every counter held in memory into the next batch again, e.g. after
- * the database was opened again: a file system forced read-only drops what
- * it had not yet written, and counters are written as absolute values, so
- * writing them again restores them. Returns how many user-days. */
+/* Puts every counter held in memory into the next batch again, and makes
+ * it a fold, e.g. after the database was opened again: a file system
+ * forced read-only drops what it had not yet written, and counters are
+ * written as absolute values, so writing them again restores them.
+ * Returns how many user-days. */
 size_t engine_rewrite_usage(struct engine *e);
 
 /* Hands back an emptied batch for the engine to fill next (it keeps one;

@@ -33,8 +33,12 @@ struct ledger {
 	int64_t today_cost;
 	struct strmap resv;
 	struct ledger_resv *oldest, *newest;
-	struct ledger_usage **dirty;
-	size_t ndirty, dirty_cap;
+	/* Entries changed since the last flush, and since the last fold: the
+	 * first is always part of the second (see mark_dirty). */
+	struct dirty_list {
+		struct ledger_usage **at;
+		size_t n, cap;
+	} flush, fold;
 	/* Freed reservations, all of the largest size, kept for reuse: a
 	 * request and its answer then cost no malloc at all. */
 	struct ledger_resv *pool;
@@ -102,7 +106,8 @@ void ledger_free(struct ledger *l)
 	}
 	for (int i = 0; i < LEDGER_DAYS; i++)
 		day_free(&l->days[i]);
-	free(l->dirty);
+	free(l->flush.at);
+	free(l->fold.at);
 	free(l);
 }
 
@@ -173,21 +178,34 @@ struct ledger_usage *ledger_user(struct ledger *l, const char *user, size_t len,
 	return u;
 }
 
-static void mark_dirty(struct ledger *l, struct ledger_usage *u)
+static bool list_add(struct dirty_list *dl, struct ledger_usage *u)
 {
-	if (u->dirty)
-		return;
-	if (l->ndirty == l->dirty_cap) {
-		size_t cap = l->dirty_cap ? l->dirty_cap * 2 : 1024;
-		struct ledger_usage **nd = realloc(l->dirty, cap * sizeof(*nd));
+	if (dl->n == dl->cap) {
+		size_t cap = dl->cap ? dl->cap * 2 : 1024;
+		struct ledger_usage **nd = realloc(dl->at, cap * sizeof(*nd));
 
 		if (!nd)
-			return; /* stays clean in the list's eyes; the next change retries */
-		l->dirty = nd;
-		l->dirty_cap = cap;
+			return false;
+		dl->at = nd;
+		dl->cap = cap;
 	}
-	l->dirty[l->ndirty++] = u;
-	u->dirty = 1;
+	dl->at[dl->n++] = u;
+	return true;
+}
+
+/* The fold list first: an entry journaled by a flush but missing from the
+ * next fold would leave daily_usage behind once that fold empties the
+ * journal. Out of memory, the entry stays clean in the lists' eyes and the
+ * next change retries. */
+static void mark_dirty(struct ledger *l, struct ledger_usage *u)
+{
+	if (!(u->dirty & LEDGER_DIRTY_FOLD)) {
+		if (!list_add(&l->fold, u))
+			return;
+		u->dirty |= LEDGER_DIRTY_FOLD;
+	}
+	if (!(u->dirty & LEDGER_DIRTY_FLUSH) && list_add(&l->flush, u))
+		u->dirty |= LEDGER_DIRTY_FLUSH;
 }
 
 void ledger_charge(struct ledger *l, struct ledger_usage *u, int64_t d_in, int64_t d_out,
@@ -216,13 +234,13 @@ int ledger_load(struct ledger *l, const char *user, int64_t tokens_in, int64_t t
 
 	if (!u)
 		return -1;
+	l->today_cost += cost_nano - u->cost_nano;
 	u->tokens_in = tokens_in;
 	u->tokens_out = tokens_out;
 	u->requests = (uint32_t)requests;
 	u->cost_nano = cost_nano;
 	u->denials = (uint32_t)denials;
 	u->fallbacks = (uint32_t)fallbacks;
-	l->today_cost += cost_nano;
 	return 0;
 }
 
@@ -344,22 +362,34 @@ size_t ledger_user_count(const struct ledger *l)
 	return n;
 }
 
-void ledger_flush_dirty(struct ledger *l, bool (*fn)(const struct ledger_usage *u, void *arg), void *arg)
+/* Drops the entries no longer dirty at `bit` from dl, keeping the order. */
+static void list_compact(struct dirty_list *dl, uint8_t bit)
 {
 	size_t kept = 0;
 
-	for (size_t i = 0; i < l->ndirty; i++) {
-		if (fn(l->dirty[i], arg))
-			l->dirty[i]->dirty = 0;
-		else
-			l->dirty[kept++] = l->dirty[i]; /* not copied: stays dirty */
-	}
-	l->ndirty = kept;
+	for (size_t i = 0; i < dl->n; i++)
+		if (dl->at[i]->dirty & bit)
+			dl->at[kept++] = dl->at[i];
+	dl->n = kept;
 }
 
-size_t ledger_dirty_count(const struct ledger *l)
+void ledger_flush_dirty(struct ledger *l, bool fold, bool (*fn)(const struct ledger_usage *u, void *arg),
+			void *arg)
 {
-	return l->ndirty;
+	struct dirty_list *dl = fold ? &l->fold : &l->flush;
+	uint8_t clean = fold ? LEDGER_DIRTY_FLUSH | LEDGER_DIRTY_FOLD : LEDGER_DIRTY_FLUSH;
+
+	for (size_t i = 0; i < dl->n; i++)
+		if (fn(dl->at[i], arg))
+			dl->at[i]->dirty &= (uint8_t)~clean;
+	list_compact(dl, fold ? LEDGER_DIRTY_FOLD : LEDGER_DIRTY_FLUSH);
+	if (fold)
+		list_compact(&l->flush, LEDGER_DIRTY_FLUSH);
+}
+
+size_t ledger_dirty_count(const struct ledger *l, bool fold)
+{
+	return fold ? l->fold.n : l->flush.n;
 }
 
 size_t ledger_mark_all_dirty(struct ledger *l)
@@ -373,7 +403,7 @@ size_t ledger_mark_all_dirty(struct ledger *l)
 			if (d->users.slots[k].key)
 				mark_dirty(l, d->users.slots[k].val);
 	}
-	return l->ndirty;
+	return l->fold.n;
 }
 
 void ledger_evict(struct ledger *l)
@@ -384,8 +414,8 @@ void ledger_evict(struct ledger *l)
 
 		if (!d->used || i == l->today || d->open > 0)
 			continue;
-		for (size_t k = 0; k < l->ndirty && !dirty; k++)
-			dirty = l->dirty[k]->day == d->day;
+		for (size_t k = 0; k < l->fold.n && !dirty; k++)
+			dirty = l->fold.at[k]->day == d->day;
 		if (!dirty)
 			day_free(d);
 	}

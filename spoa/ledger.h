@@ -18,6 +18,12 @@
 #define LEDGER_UID_MAX 128
 #define LEDGER_DAYS 4
 
+/* An entry changed since the last batch, and since the last batch that
+ * wrote daily_usage (a fold: see engine_take_batch). Every change sets
+ * both; a fold clears both. */
+#define LEDGER_DIRTY_FLUSH 1
+#define LEDGER_DIRTY_FOLD 2
+
 struct ledger_usage {
 	int64_t tokens_in;  /* prompt tokens, real or estimated */
 	int64_t tokens_out; /* completion tokens, real or estimated */
@@ -27,7 +33,7 @@ struct ledger_usage {
 	uint32_t fallbacks;
 	uint32_t open; /* reservations not yet settled */
 	int32_t day;
-	uint8_t dirty;
+	uint8_t dirty; /* LEDGER_DIRTY_* bits */
 	uint8_t len;
 	char user[]; /* NUL-terminated */
 };
@@ -78,7 +84,9 @@ void ledger_charge(struct ledger *l, struct ledger_usage *u, int64_t d_in, int64
 /* Sum of cost_nano over today's users. */
 int64_t ledger_today_cost(const struct ledger *l);
 
-/* Loads a row read from the database at start (not marked dirty). */
+/* Loads a row read from the database at start (not marked dirty). A
+ * second load of the same user replaces the first (the journal's newer
+ * values over daily_usage's). */
 int ledger_load(struct ledger *l, const char *user, int64_t tokens_in, int64_t tokens_out,
 		int64_t requests, int64_t cost_nano, int64_t denials, int64_t fallbacks);
 
@@ -104,13 +112,18 @@ void ledger_resv_free(struct ledger *l, struct ledger_resv *r);
 size_t ledger_open_count(const struct ledger *l);
 size_t ledger_user_count(const struct ledger *l);
 
-/* Calls fn on every dirty entry and marks it clean when fn returns true
- * (false, e.g. out of memory: it stays dirty for the next flush). */
-void ledger_flush_dirty(struct ledger *l, bool (*fn)(const struct ledger_usage *u, void *arg), void *arg);
-size_t ledger_dirty_count(const struct ledger *l);
+/* Calls fn on every entry changed since the last flush (fold false) or
+ * the last fold (fold true), and marks it clean at that level when fn
+ * returns true (false, e.g. out of memory: it stays dirty for the next
+ * time). A fold's entries are also clean for the next flush. */
+void ledger_flush_dirty(struct ledger *l, bool fold, bool (*fn)(const struct ledger_usage *u, void *arg),
+			void *arg);
+/* Entries changed since the last flush (fold false) or fold (fold true). */
+size_t ledger_dirty_count(const struct ledger *l, bool fold);
 
-/* Marks every entry of every day held dirty, so that the next flush writes
- * them all again. Returns how many are dirty now. */
+/* Marks every entry of every day held dirty at both levels, so that the
+ * next flush and the next fold write them all again. Returns how many
+ * are dirty now. */
 size_t ledger_mark_all_dirty(struct ledger *l);
 
 /* Calls fn on every user of the current day. */

@@ -237,7 +237,7 @@ static void flush_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	/* The writer has not taken the last batch yet: let changes pile up
 	 * in the ledger, where a user's many changes are one dirty entry. */
 	engine_recycle(g.env.engine, store_recycled(g.store));
-	if (store_backlog(g.store) == 0 && (b = engine_take_batch(g.env.engine)))
+	if (store_backlog(g.store) == 0 && (b = engine_take_batch(g.env.engine, ev_now(loop), false)))
 		store_submit(g.store, b);
 	{
 		struct store_stats st;
@@ -627,7 +627,9 @@ int main(int argc, char **argv)
 	/* Whatever was never answered stays charged at its estimate. */
 	engine_expire_all(g.env.engine, ev_now(g.env.loop));
 	{
-		struct batch *b = engine_take_batch(g.env.engine);
+		/* A fold: a clean stop leaves daily_usage complete and the
+		 * journal empty. */
+		struct batch *b = engine_take_batch(g.env.engine, ev_now(g.env.loop), true);
 		size_t lost;
 
 		if (b)

@@ -215,7 +215,15 @@ static void render_store(struct buf *b, struct store *s)
 	    "Rows the database refused on a constraint and that were skipped (see the log).", (double)st.rows_refused);
 	one(b, "tokengate_db_pending_rows", "gauge", "Rows waiting to be written (the write-behind queue).",
 	    (double)st.pending_rows);
-	one(b, "tokengate_db_usage_rows_written_total", "counter", "daily_usage rows written.", (double)st.usage_rows);
+	one(b, "tokengate_db_usage_rows_written_total", "counter",
+	    "daily_usage rows written (once per daily_usage_interval_ms per user-day that changed).",
+	    (double)st.usage_rows);
+	one(b, "tokengate_db_usage_journal_rows_written_total", "counter",
+	    "User-day rows written to usage_journal by the flushes between two writes of daily_usage.",
+	    (double)st.journal_rows);
+	one(b, "tokengate_db_usage_journal_rows_replayed_total", "counter",
+	    "usage_journal rows left by an earlier run (a crash) and replayed into daily_usage.",
+	    (double)st.journal_replayed);
 	one(b, "tokengate_audit_rows_written_total", "counter", "audit_log rows written.", (double)st.audit_rows);
 	one(b, "tokengate_audit_rows_purged_total", "counter", "audit_log rows deleted by retention.",
 	    (double)st.audit_purged);

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "daytime.h"
+#include "journal.h"
 #include "log.h"
 #include "politevfs.h"
 #include "schema.h"
@@ -35,6 +36,8 @@
 #define STORE_REOPEN_AFTER 3
 #define STORE_REOPEN_MIN_S 0.1
 #define STORE_REOPEN_MAX_S 1.0
+/* The newest usage_journal row when the connection opens (0: none). */
+#define JOURNAL_TOP_SQL "SELECT coalesce(max(id), 0) FROM usage_journal"
 
 enum stmt_id {
 	ST_USAGE,
@@ -48,6 +51,10 @@ enum stmt_id {
 	ST_HEALTH,
 	ST_PROMPT,
 	ST_PURGE_PROMPTS,
+	ST_JOURNAL_ADD,
+	ST_JOURNAL_CLEAR,
+	ST_JOURNAL_READ,
+	ST_JOURNAL_DROP,
 	ST_COUNT
 };
 
@@ -90,6 +97,10 @@ static const char *const stmt_sql[ST_COUNT] = {
 			     "logged_at < ?2 ORDER BY logged_at LIMIT ?3)",
 	[ST_PURGE] = "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE decided_at < ?1 "
 		     "ORDER BY decided_at LIMIT ?2)",
+	[ST_JOURNAL_ADD] = "INSERT INTO usage_journal(written_at, rows, counters) VALUES (?1, ?2, ?3)",
+	[ST_JOURNAL_CLEAR] = "DELETE FROM usage_journal",
+	[ST_JOURNAL_READ] = "SELECT id, counters FROM usage_journal WHERE id <= ?1 ORDER BY id",
+	[ST_JOURNAL_DROP] = "DELETE FROM usage_journal WHERE id <= ?1",
 };
 
 struct store {
@@ -123,6 +134,12 @@ struct store {
 	struct store_stats stats;
 	/* Writer thread only: */
 	struct batch *carried;   /* refused, to retry */
+	/* usage_journal rows up to this id were there when the connection
+	 * opened: left by an agent that stopped without its final fold (a
+	 * crash), or not yet folded when the file was lost. They are replayed
+	 * into daily_usage by the next transaction; 0 once done. */
+	int64_t journal_floor;
+	struct journal_buf journal; /* the blob being written, kept for reuse */
 	char *path;              /* what a reopen opens */
 	int refused;             /* writes refused in a row that a reopen may cure */
 	double next_reopen;      /* while db is NULL (closed): the next attempt */
@@ -334,6 +351,7 @@ struct store *store_open(const char *path, char *err, size_t errsz)
 		goto fail;
 	}
 	s->data_version = pragma_int(s->db, "PRAGMA data_version");
+	s->journal_floor = pragma_int(s->db, JOURNAL_TOP_SQL);
 	s->stats.db_ok = 1;
 	return s;
 fail:
@@ -545,8 +563,24 @@ struct policy *store_load_policy(struct store *s, char *err, size_t errsz)
 	return p;
 }
 
+/* A pass over the journal left from before: into daily_usage (l NULL), or
+ * one day's rows into the ledger at start. */
+struct replay {
+	struct store *s;
+	const char *now;
+	const char *day; /* store_load_usage: only this day's rows, into l */
+	struct ledger *l;
+	int failed;
+	long rows;
+};
+
+static int read_journal(struct store *s, struct replay *rp);
+
+/* daily_usage's rows of the day, then the newer values the journal left
+ * from before holds for it (replayed into daily_usage by the writer). */
 int store_load_usage(struct store *s, const char *day, struct ledger *l, char *err, size_t errsz)
 {
+	struct replay rp = {.s = s, .day = day, .l = l};
 	sqlite3_stmt *st;
 	int rc;
 
@@ -570,6 +604,11 @@ int store_load_usage(struct store *s, const char *day, struct ledger *l, char *e
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE) {
 		snprintf(err, errsz, "%s", sqlite3_errmsg(s->db));
+		return -1;
+	}
+	if (s->journal_floor > 0 && read_journal(s, &rp) == -1) {
+		snprintf(err, errsz, "%s", rp.failed ? "out of memory loading today's counters from usage_journal"
+						     : sqlite3_errmsg(s->db));
 		return -1;
 	}
 	return 0;
@@ -731,43 +770,138 @@ static bool row_refused(struct store *s, bool lenient)
 	return true;
 }
 
-static void bind_usage(sqlite3_stmt *st, const struct batch *b, const struct batch_usage *u, const char *now)
+/* One user-day's counters into daily_usage: an UPDATE, then the upsert
+ * for a user-day that has no row yet. r's user need not be NUL-terminated. */
+static int upsert_usage(struct store *s, const struct journal_row *r, const char *now, bool lenient)
 {
-	sqlite3_bind_text(st, 1, u->day, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, batch_usage_user(b, u), u->user_len, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 3, u->tokens_in);
-	sqlite3_bind_int64(st, 4, u->tokens_out);
-	sqlite3_bind_int64(st, 5, u->requests);
-	sqlite3_bind_double(st, 6, (double)u->cost_nano / 1e9);
-	sqlite3_bind_int64(st, 7, u->denials);
-	sqlite3_bind_int64(st, 8, u->fallbacks);
-	sqlite3_bind_text(st, 9, now, -1, SQLITE_STATIC);
+	static const int order[2] = {ST_USAGE_UPDATE, ST_USAGE};
+
+	for (int i = 0; i < 2; i++) {
+		sqlite3_stmt *st = s->st[order[i]];
+
+		sqlite3_bind_text(st, 1, r->day, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, r->user, (int)r->user_len, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 3, r->tokens_in);
+		sqlite3_bind_int64(st, 4, r->tokens_out);
+		sqlite3_bind_int64(st, 5, r->requests);
+		sqlite3_bind_double(st, 6, (double)r->cost_nano / 1e9);
+		sqlite3_bind_int64(st, 7, r->denials);
+		sqlite3_bind_int64(st, 8, r->fallbacks);
+		sqlite3_bind_text(st, 9, now, -1, SQLITE_STATIC);
+		if (step_reset(st) == -1)
+			return row_refused(s, lenient) ? 0 : -1;
+		if (order[i] == ST_USAGE_UPDATE && sqlite3_changes(s->db) > 0)
+			return 0;
+	}
+	return 0;
 }
 
-/* daily_usage: the current value of every user-day that changed (rows in
- * key order: see batch_sort_usage). An UPDATE, then the upsert for a
- * user-day that has no row yet. */
+/* daily_usage: the current value of every user-day that changed since the
+ * last fold (rows in key order: see batch_sort_usage). */
 static int write_usage(struct store *s, const struct batch *b, const char *now, bool lenient)
 {
 	for (size_t i = 0; i < b->nusage; i++) {
 		const struct batch_usage *u = &b->usage[i];
-		sqlite3_stmt *st = s->st[ST_USAGE_UPDATE];
+		struct journal_row r = {
+			.user = batch_usage_user(b, u),
+			.user_len = u->user_len,
+			.tokens_in = u->tokens_in,
+			.tokens_out = u->tokens_out,
+			.cost_nano = u->cost_nano,
+			.requests = u->requests,
+			.denials = u->denials,
+			.fallbacks = u->fallbacks,
+		};
 
+		memcpy(r.day, u->day, sizeof(r.day));
 		offer_cpu();
-		bind_usage(st, b, u, now);
-		if (step_reset(st) == -1) {
-			if (!row_refused(s, lenient))
-				return -1;
-			continue;
-		}
-		if (sqlite3_changes(s->db) > 0)
-			continue;
-		st = s->st[ST_USAGE];
-		bind_usage(st, b, u, now);
-		if (step_reset(st) == -1 && !row_refused(s, lenient))
+		if (upsert_usage(s, &r, now, lenient) == -1)
 			return -1;
 	}
 	return 0;
+}
+
+/* usage_journal: the user-days that changed since the last batch, one row.
+ * A batch with none writes nothing. */
+static int write_journal(struct store *s, const struct batch *b, const char *now)
+{
+	sqlite3_stmt *st = s->st[ST_JOURNAL_ADD];
+
+	if (b->nusage == 0)
+		return 0;
+	if (journal_encode(b, &s->journal) == -1)
+		return -1; /* out of memory: the batch is retried */
+	offer_cpu();
+	sqlite3_bind_text(st, 1, now, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (int64_t)b->nusage);
+	sqlite3_bind_blob(st, 3, s->journal.p, (int)s->journal.len, SQLITE_STATIC);
+	return step_reset(st);
+}
+
+static void replay_row(const struct journal_row *r, void *arg)
+{
+	struct replay *rp = arg;
+	char user[LEDGER_USER_MAX + 1];
+
+	if (rp->failed)
+		return;
+	rp->rows++;
+	if (!rp->l) {
+		offer_cpu();
+		if (upsert_usage(rp->s, r, rp->now, true) == -1)
+			rp->failed = 1;
+		return;
+	}
+	if (strcmp(r->day, rp->day) != 0)
+		return;
+	memcpy(user, r->user, r->user_len);
+	user[r->user_len] = '\0';
+	if (ledger_load(rp->l, user, r->tokens_in, r->tokens_out, r->requests, r->cost_nano, r->denials,
+			r->fallbacks) == -1)
+		rp->failed = 1;
+}
+
+/*
+ * Reads the journal rows up to s->journal_floor in order, decoding each
+ * into fn's rows (rp). A blob that does not decode is logged and skipped:
+ * it cannot be replayed, and it must not stop every later one. 0, or -1
+ * (SQLite's error, or rp->failed).
+ */
+static int read_journal(struct store *s, struct replay *rp)
+{
+	sqlite3_stmt *st = s->st[ST_JOURNAL_READ];
+	int rc;
+
+	sqlite3_bind_int64(st, 1, s->journal_floor);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW && !rp->failed) {
+		const void *blob = sqlite3_column_blob(st, 1);
+		int len = sqlite3_column_bytes(st, 1);
+
+		if (journal_decode(blob, (size_t)len, replay_row, rp) == -1)
+			LOG_ERROR("db: usage_journal row %lld is not a journal this agent wrote (%d bytes); skipped",
+				  (long long)sqlite3_column_int64(st, 0), len);
+	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	if (rp->failed)
+		return -1;
+	return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -1;
+}
+
+/* Inside a transaction: the journal left from before into daily_usage,
+ * then those rows deleted. The rows replayed, or -1. */
+static long replay_journal(struct store *s, const char *now)
+{
+	struct replay rp = {.s = s, .now = now};
+
+	if (s->journal_floor <= 0)
+		return 0;
+	if (read_journal(s, &rp) == -1)
+		return -1;
+	sqlite3_bind_int64(s->st[ST_JOURNAL_DROP], 1, s->journal_floor);
+	if (step_reset(s->st[ST_JOURNAL_DROP]) == -1)
+		return -1;
+	return rp.rows;
 }
 
 /* audit_log: one row per decided request. */
@@ -882,11 +1016,28 @@ static int write_state(struct store *s, const struct batch *b, const char *now, 
 	return 0;
 }
 
-/* One transaction for the whole batch: 0, or SQLite's error code with
- * everything rolled back. */
+/* After a commit that replayed the journal left from before. */
+static void replayed(struct store *s, long rows)
+{
+	if (s->journal_floor <= 0)
+		return;
+	s->journal_floor = 0;
+	pthread_mutex_lock(&s->mu);
+	s->stats.journal_replayed += (uint64_t)rows;
+	pthread_mutex_unlock(&s->mu);
+	LOG_INFO("db: usage_journal replayed into daily_usage (%ld user-day rows left by the last run)", rows);
+}
+
+/*
+ * One transaction for the whole batch: 0, or SQLite's error code with
+ * everything rolled back. A fold writes its usage rows to daily_usage and
+ * empties the journal, which holds nothing they do not cover; any other
+ * batch journals its usage rows. A journal left from before goes first.
+ */
 static int write_batch(struct store *s, const struct batch *b, bool lenient)
 {
 	char now[32];
+	long old;
 	int code;
 
 	now_iso(now, sizeof(now));
@@ -895,16 +1046,35 @@ static int write_batch(struct store *s, const struct batch *b, bool lenient)
 		set_error(s, "write");
 		return code != SQLITE_OK ? code : SQLITE_BUSY;
 	}
-	if (write_usage(s, b, now, lenient) == -1 || write_audit(s, b, now, lenient) == -1 ||
-	    write_health(s, b, now, lenient) == -1 || write_prompts(s, b, now, lenient) == -1 ||
-	    write_state(s, b, now, lenient) == -1 || step_reset(s->st[ST_COMMIT]) == -1)
+	if ((old = replay_journal(s, now)) == -1)
 		goto fail;
+	if (b->fold) {
+		if (write_usage(s, b, now, lenient) == -1 || step_reset(s->st[ST_JOURNAL_CLEAR]) == -1)
+			goto fail;
+	} else if (write_journal(s, b, now) == -1) {
+		goto fail;
+	}
+	if (write_audit(s, b, now, lenient) == -1 || write_health(s, b, now, lenient) == -1 ||
+	    write_prompts(s, b, now, lenient) == -1 || write_state(s, b, now, lenient) == -1 ||
+	    step_reset(s->st[ST_COMMIT]) == -1)
+		goto fail;
+	replayed(s, old);
 	return 0;
 fail:
 	code = sqlite3_extended_errcode(s->db);
 	set_error(s, "write");
 	step_reset(s->st[ST_ROLLBACK]);
 	return code != SQLITE_OK ? code : SQLITE_ERROR;
+}
+
+/* The journal left from before, alone (an empty batch): at start, so that
+ * daily_usage is whole again without waiting for traffic. 0 or SQLite's
+ * code. */
+static int replay_alone(struct store *s)
+{
+	static const struct batch empty;
+
+	return write_batch(s, &empty, false);
 }
 
 static size_t batch_rows(const struct batch *b)
@@ -997,6 +1167,10 @@ static int reopen(struct store *s, char *err, size_t errsz)
 		snprintf(err, errsz, "write: %.140s", sub);
 		goto fail;
 	}
+	/* The file may not be the one last written (restored, say): whatever
+	 * its journal holds is replayed, harmlessly for rows of this run, since
+	 * the loop folds every counter it holds again after a reopen. */
+	s->journal_floor = pragma_int(s->db, JOURNAL_TOP_SQL);
 	return 0;
 fail:
 	db_close(s);
@@ -1068,7 +1242,8 @@ static void flush_carried(struct store *s)
 
 	/* In key order, consecutive upserts hit the same B-tree pages while
 	 * they are still in the CPU's caches. */
-	batch_sort_usage(s->carried);
+	if (s->carried->fold)
+		batch_sort_usage(s->carried);
 	rc = write_batch(s, s->carried, false);
 
 	/* Refused on a constraint: one bad row must not block the others. */
@@ -1079,7 +1254,12 @@ static void flush_carried(struct store *s)
 	pthread_mutex_lock(&s->mu);
 	if (rc == 0) {
 		s->stats.flushes++;
-		s->stats.usage_rows += s->carried->nusage;
+		if (s->carried->fold) {
+			s->stats.usage_rows += s->carried->nusage;
+			s->stats.folds++;
+		} else {
+			s->stats.journal_rows += s->carried->nusage;
+		}
 		s->stats.audit_rows += s->carried->naudit;
 		s->stats.last_flush_ms = ms;
 		s->stats.flush_ms_total += ms;
@@ -1309,6 +1489,12 @@ static void *writer_main(void *arg)
 		if (now >= next_poll) {
 			if (s->db)
 				check_changes(s);
+			/* A journal left from before: into daily_usage now, not
+			 * at the first batch (which may be long in coming). */
+			if (s->db && !s->carried && s->journal_floor > 0) {
+				after_write(s, replay_alone(s));
+				last_write = now;
+			}
 			if (s->db && !s->carried && now - last_write >= STORE_PROBE_IDLE_S) {
 				probe_writable(s);
 				last_write = now;
@@ -1471,6 +1657,7 @@ size_t store_close(struct store *s, long final_wait_ms)
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
 	free(s->prompt_days);
+	free(s->journal.p);
 	free(s->path);
 	free(s);
 	return lost;

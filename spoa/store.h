@@ -6,7 +6,11 @@
  * and today's counters. Then one writer thread owns the connection:
  *
  *   - batches from the loop (store_submit) are written one transaction
- *     each; a batch the database refuses (locked, read-only, full) is
+ *     each: a fold's usage rows to daily_usage (emptying usage_journal),
+ *     any other batch's as one usage_journal row (spoa/journal.h); what a
+ *     journal left from before (a crash) holds is replayed into
+ *     daily_usage first, at once when the thread starts;
+ *     a batch the database refuses (locked, read-only, full) is
  *     kept, merged with the next ones and retried, so nothing is lost
  *     once the condition clears;
  *   - when the refusal is one a new connection may cure (read-only, an
@@ -67,7 +71,10 @@ extern const double store_flush_bucket_ms[STORE_FLUSH_BUCKETS - 1];
 struct store_stats {
 	uint64_t flushes;          /* transactions committed */
 	uint64_t flush_errors;     /* transactions refused */
-	uint64_t usage_rows;       /* user-day rows written */
+	uint64_t usage_rows;       /* daily_usage rows written (by folds) */
+	uint64_t folds;            /* transactions that wrote daily_usage */
+	uint64_t journal_rows;     /* user-day rows journaled (usage_journal) */
+	uint64_t journal_replayed; /* journal rows left from before, replayed */
 	uint64_t audit_rows;       /* audit rows written */
 	uint64_t audit_purged;     /* audit rows deleted by retention */
 	uint64_t prompts_purged;   /* prompt_log rows deleted by retention */
@@ -99,7 +106,8 @@ struct store *store_open(const char *path, char *err, size_t errsz);
 struct policy *store_load_policy(struct store *s, char *err, size_t errsz);
 
 /* Loads the counters of `day` ("YYYY-MM-DD") into the ledger, whose
- * current day must be that day. Before store_start only. */
+ * current day must be that day: daily_usage's, then the newer ones of a
+ * journal left from before. Before store_start only. */
 int store_load_usage(struct store *s, const char *day, struct ledger *l, char *err, size_t errsz);
 
 /*

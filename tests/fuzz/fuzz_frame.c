@@ -61,6 +61,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		free(frame);
 		off += 4 + (size_t)len;
 	}
-	batch_free(engine_take_batch(engine));
+	batch_free(engine_take_batch(engine, 1.8e9, false));
 	return 0;
 }

@@ -418,7 +418,7 @@ static void test_reservation_expires_at_estimate(void **state)
 	/* A response after expiry changes nothing. */
 	response(e, NOON_UTC + 602, "x", 200, 1, 1, 0);
 	assert_int_equal(usage_of(e, "ken")->tokens_in, 100);
-	b = engine_take_batch(e);
+	b = engine_take_batch(e, NOON_UTC, false);
 	assert_non_null(b);
 	assert_int_equal(b->nusage, 1);
 	assert_int_equal(b->naudit, 1);
@@ -426,7 +426,7 @@ static void test_reservation_expires_at_estimate(void **state)
 	assert_string_equal(b->usage[0].day, "2026-07-01");
 	assert_int_equal(b->usage[0].tokens_in, 100);
 	batch_free(b);
-	assert_null(engine_take_batch(e)); /* nothing changed since */
+	assert_null(engine_take_batch(e, NOON_UTC, false)); /* nothing changed since */
 	engine_free(e);
 }
 
@@ -453,7 +453,7 @@ static void test_audit_rows_bounded_by_backlog(void **state)
 	assert_int_equal(engine_stats(e)->audit_dropped, 5);
 	assert_int_equal(usage_of(e, "quota")->requests, 10);
 	assert_int_equal(usage_of(e, "quota")->tokens_in, 100);
-	b = engine_take_batch(e);
+	b = engine_take_batch(e, NOON_UTC, false);
 	assert_non_null(b);
 	assert_int_equal(b->naudit, 5);
 	assert_int_equal(b->nusage, 1);
@@ -462,7 +462,7 @@ static void test_audit_rows_bounded_by_backlog(void **state)
 	engine_set_store_pending(e, 0);
 	request(e, NOON_UTC + 2, "q-after", "quota", NULL, 400, 100, &r);
 	response(e, NOON_UTC + 3, "q-after", 200, 10, 5, 0);
-	b = engine_take_batch(e);
+	b = engine_take_batch(e, NOON_UTC, false);
 	assert_non_null(b);
 	assert_int_equal(b->naudit, 1);
 	assert_int_equal(engine_stats(e)->audit_dropped, 5);
@@ -497,7 +497,7 @@ static void test_day_boundary_across_dst(void **state)
 	request(e, next, "c", "leo", NULL, 400, 100, &r);
 	assert_string_equal(r.action, "allow"); /* a new day, a new budget */
 	assert_int_equal(r.remaining, 200);
-	b = engine_take_batch(e);
+	b = engine_take_batch(e, NOON_UTC, false);
 	assert_non_null(b);
 	assert_int_equal(b->nusage, 2);
 	assert_string_equal(b->current_day, "2026-10-26");
@@ -513,7 +513,7 @@ static void test_day_boundary_across_dst(void **state)
 	batch_free(b);
 	/* Yesterday's open reservation settles against yesterday. */
 	response(e, next + 5, "z", 200, 10, 10, 0);
-	b = engine_take_batch(e);
+	b = engine_take_batch(e, NOON_UTC, false);
 	assert_non_null(b);
 	assert_int_equal(b->nusage, 1);
 	assert_string_equal(b->usage[0].day, "2026-10-25");
@@ -522,6 +522,104 @@ static void test_day_boundary_across_dst(void **state)
 	batch_free(b);
 	engine_free(e);
 	assert_int_equal(daytime_set_zone("UTC"), 0);
+}
+
+/* Which users a batch carries, as one sorted string: "a,b,c". */
+static void batch_users(const struct batch *b, char *out, size_t size)
+{
+	const char *names[16];
+	size_t n = 0;
+
+	out[0] = '\0';
+	for (size_t i = 0; i < b->nusage && n < 16; i++)
+		names[n++] = batch_usage_user(b, &b->usage[i]);
+	for (size_t i = 1; i < n; i++)
+		for (size_t k = i; k > 0 && strcmp(names[k - 1], names[k]) > 0; k--) {
+			const char *t = names[k];
+
+			names[k] = names[k - 1];
+			names[k - 1] = t;
+		}
+	for (size_t i = 0; i < n; i++) {
+		strncat(out, names[i], size - strlen(out) - 1);
+		if (i + 1 < n)
+			strncat(out, ",", size - strlen(out) - 1);
+	}
+}
+
+static void expect_batch(struct engine *e, double now, bool fold_now, bool fold, const char *users)
+{
+	struct batch *b = engine_take_batch(e, now, fold_now);
+	char got[256];
+
+	assert_non_null(b);
+	batch_users(b, got, sizeof(got));
+	assert_string_equal(got, users);
+	assert_int_equal(b->fold, fold);
+	batch_free(b);
+}
+
+/* Between two folds (daily_usage_interval_ms, 1000 by default, flushes
+ * every 100 ms) a batch carries the users changed since the last batch,
+ * for the journal; a fold carries every user changed since the last fold,
+ * so that it covers everything the journal holds. */
+static void test_batches_journal_then_fold(void **state)
+{
+	struct engine *e = engine_new(&cfg, base_policy(-1, -1, -1, 0), NOON_UTC);
+	struct result r;
+	const double t = NOON_UTC;
+
+	(void)state;
+	request(e, t, "1", "ann", NULL, 10, 10, &r);
+	request(e, t, "2", "bob", NULL, 10, 10, &r);
+	expect_batch(e, t, false, true, "ann,bob"); /* the first batch folds */
+	request(e, t + 0.1, "3", "cat", NULL, 10, 10, &r);
+	expect_batch(e, t + 0.1, false, false, "cat");
+	request(e, t + 0.2, "4", "ann", NULL, 10, 10, &r);
+	expect_batch(e, t + 0.2, false, false, "ann");
+	assert_null(engine_take_batch(e, t + 0.3, false));
+	request(e, t + 0.9, "5", "dan", NULL, 10, 10, &r);
+	expect_batch(e, t + 0.9, false, false, "dan");
+	/* 0.95 s after the fold: due, within half a flush interval. */
+	request(e, t + 0.95, "6", "bob", NULL, 10, 10, &r);
+	expect_batch(e, t + 0.95, false, true, "ann,bob,cat,dan");
+	/* Nothing changed since: nothing to write, fold or not. */
+	assert_null(engine_take_batch(e, t + 2.5, false));
+	/* Idle longer than the interval: the first change folds at once. */
+	request(e, t + 2.6, "7", "eve", NULL, 10, 10, &r);
+	expect_batch(e, t + 2.6, false, true, "eve");
+	request(e, t + 2.7, "8", "eve", NULL, 10, 10, &r);
+	expect_batch(e, t + 2.7, false, false, "eve");
+	/* A stop folds whatever the journal got since the last fold. */
+	expect_batch(e, t + 2.8, true, true, "eve");
+	/* After the database was opened again: every user, as a fold. */
+	assert_int_equal(engine_rewrite_usage(e), 5);
+	expect_batch(e, t + 2.9, false, true, "ann,bob,cat,dan,eve");
+	engine_free(e);
+}
+
+/* daily_usage_interval_ms equal to flush_interval_ms: every batch folds,
+ * as before the journal existed. */
+static void test_batches_fold_every_flush_when_asked(void **state)
+{
+	struct policy *p = base_policy(-1, -1, -1, 0);
+	struct engine *e;
+	struct result r;
+	char err[128];
+
+	(void)state;
+	assert_int_equal(policy_set(p, "daily_usage_interval_ms", "100", err, sizeof(err)), 0);
+	assert_int_equal(policy_set(p, "daily_usage_interval_ms", "9", err, sizeof(err)), -1);
+	assert_int_equal(policy_set(p, "daily_usage_interval_ms", "60001", err, sizeof(err)), -1);
+	e = engine_new(&cfg, p, NOON_UTC);
+	for (int i = 0; i < 5; i++) {
+		char uid[8];
+
+		snprintf(uid, sizeof(uid), "f%d", i);
+		request(e, NOON_UTC + 0.1 * i, uid, i % 2 ? "odd" : "even", NULL, 10, 10, &r);
+		expect_batch(e, NOON_UTC + 0.1 * i, false, true, i % 2 ? "odd" : "even");
+	}
+	engine_free(e);
 }
 
 static void test_bad_input(void **state)
@@ -852,7 +950,7 @@ static void test_prompt_rows_bounded_by_backlog(void **state)
 		assert_string_equal(r.action, "allow");
 		routed_response(e, NOON_UTC + 1, uid, "provider_primary", 200, 0);
 	}
-	b = engine_take_batch(e);
+	b = engine_take_batch(e, NOON_UTC, false);
 	assert_non_null(b);
 	assert_int_equal(b->naudit + b->nprompts, 4);
 	assert_int_equal(b->nprompts, 2);
@@ -875,6 +973,8 @@ int main(void)
 		cmocka_unit_test(test_reservation_expires_at_estimate),
 		cmocka_unit_test(test_audit_rows_bounded_by_backlog),
 		cmocka_unit_test(test_day_boundary_across_dst),
+		cmocka_unit_test(test_batches_journal_then_fold),
+		cmocka_unit_test(test_batches_fold_every_flush_when_asked),
 		cmocka_unit_test(test_bad_input),
 		cmocka_unit_test(test_completion_allowance_fields),
 		cmocka_unit_test(test_breaker_moves_traffic_to_secondary_and_back),

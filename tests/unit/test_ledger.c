@@ -72,7 +72,11 @@ static void test_many_users_two_days(void **state)
 	assert_int_equal(u->day, 101);
 	ledger_evict(l);
 	assert_int_equal(ledger_user_count(l), NUSERS + 1);
-	ledger_flush_dirty(l, clean, NULL);
+	/* Journaled only: daily_usage has not got them yet, the day stays. */
+	ledger_flush_dirty(l, false, clean, NULL);
+	ledger_evict(l);
+	assert_int_equal(ledger_user_count(l), NUSERS + 1);
+	ledger_flush_dirty(l, true, clean, NULL);
 	ledger_evict(l);
 	assert_int_equal(ledger_user_count(l), 1);
 	assert_null(ledger_day_str(l, 100));
@@ -107,22 +111,94 @@ static void test_mark_all_dirty(void **state)
 	u = ledger_user(l, "b", 1, false);
 	assert_non_null(u);
 	ledger_charge(l, u, 5, 5, 0, 1, 0, 0);
-	assert_int_equal(ledger_dirty_count(l), 2);
+	assert_int_equal(ledger_dirty_count(l, false), 2);
+	assert_int_equal(ledger_dirty_count(l, true), 2);
 
 	/* Nothing is lost by marking twice: each entry is listed once. */
 	assert_int_equal(ledger_mark_all_dirty(l), 3);
 	assert_int_equal(ledger_mark_all_dirty(l), 3);
-	ledger_flush_dirty(l, count_clean, &n);
+	ledger_flush_dirty(l, true, count_clean, &n);
 	assert_int_equal(n, 3);
-	assert_int_equal(ledger_dirty_count(l), 0);
+	assert_int_equal(ledger_dirty_count(l, true), 0);
+	assert_int_equal(ledger_dirty_count(l, false), 0);
 
 	/* The past day, flushed, goes; marking again then covers today's. */
 	ledger_evict(l);
 	assert_int_equal(ledger_user_count(l), 2);
 	assert_int_equal(ledger_mark_all_dirty(l), 2);
 	n = 0;
-	ledger_flush_dirty(l, count_clean, &n);
+	ledger_flush_dirty(l, true, count_clean, &n);
 	assert_int_equal(n, 2);
+	ledger_free(l);
+}
+
+static bool refuse(const struct ledger_usage *u, void *arg)
+{
+	(void)u;
+	(void)arg;
+	return false;
+}
+
+/* Two levels: changed since the last flush (journal) and since the last
+ * fold (daily_usage). A fold clears both; a flush only its own. */
+static void test_flush_and_fold_levels(void **state)
+{
+	struct ledger *l = ledger_new();
+	struct ledger_usage *a, *b;
+	size_t n = 0;
+
+	(void)state;
+	assert_non_null(l);
+	assert_int_equal(ledger_set_today(l, 100, "2026-11-28"), 0);
+	a = ledger_user(l, "a", 1, true);
+	b = ledger_user(l, "b", 1, true);
+	ledger_charge(l, a, 1, 1, 0, 1, 0, 0);
+	ledger_flush_dirty(l, false, count_clean, &n);
+	assert_int_equal(n, 1);
+	assert_int_equal(ledger_dirty_count(l, false), 0);
+	assert_int_equal(ledger_dirty_count(l, true), 1);
+	assert_int_equal(a->dirty, LEDGER_DIRTY_FOLD);
+
+	ledger_charge(l, b, 1, 1, 0, 1, 0, 0);
+	ledger_charge(l, a, 1, 1, 0, 1, 0, 0);
+	assert_int_equal(ledger_dirty_count(l, false), 2);
+	assert_int_equal(ledger_dirty_count(l, true), 2); /* a once */
+
+	/* A fold that fails for every entry keeps them dirty at both levels. */
+	ledger_flush_dirty(l, true, refuse, NULL);
+	assert_int_equal(ledger_dirty_count(l, false), 2);
+	assert_int_equal(ledger_dirty_count(l, true), 2);
+	n = 0;
+	ledger_flush_dirty(l, true, count_clean, &n);
+	assert_int_equal(n, 2);
+	assert_int_equal(ledger_dirty_count(l, false), 0);
+	assert_int_equal(ledger_dirty_count(l, true), 0);
+	assert_int_equal(a->dirty, 0);
+	assert_int_equal(b->dirty, 0);
+	ledger_free(l);
+}
+
+/* At start daily_usage's row, then the journal's newer one for the same
+ * user: the second replaces the first, the day's cost counted once. */
+static void test_load_twice_replaces(void **state)
+{
+	struct ledger *l = ledger_new();
+	struct ledger_usage *u;
+
+	(void)state;
+	assert_non_null(l);
+	assert_int_equal(ledger_set_today(l, 100, "2026-11-28"), 0);
+	assert_int_equal(ledger_load(l, "a", 10, 20, 1, 5000, 0, 0), 0);
+	assert_int_equal(ledger_load(l, "b", 1, 1, 1, 700, 0, 0), 0);
+	assert_int_equal(ledger_load(l, "a", 15, 30, 2, 8000, 1, 1), 0);
+	u = ledger_user(l, "a", 1, false);
+	assert_non_null(u);
+	assert_int_equal(u->tokens_in, 15);
+	assert_int_equal(u->tokens_out, 30);
+	assert_int_equal(u->requests, 2);
+	assert_int_equal(u->denials, 1);
+	assert_int_equal(ledger_today_cost(l), 8000 + 700);
+	assert_int_equal(ledger_dirty_count(l, true), 0);
 	ledger_free(l);
 }
 
@@ -131,6 +207,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_many_users_two_days),
 		cmocka_unit_test(test_mark_all_dirty),
+		cmocka_unit_test(test_flush_and_fold_levels),
+		cmocka_unit_test(test_load_twice_replaces),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -437,6 +437,7 @@ static void submit(struct store *s, int64_t tokens)
 	assert_non_null(u);
 	u->tokens_in = tokens;
 	u->requests = tokens / 10;
+	b->fold = true; /* what the loop sends after a reopen */
 	a = batch_add_audit(b);
 	assert_non_null(a);
 	a->decided_ms = 1795996800000LL + tokens;
@@ -573,6 +574,116 @@ static void test_reopen_cycle(void **state)
 	assert_int_equal(rmdir(dir), 0);
 }
 
+/* A batch of usage rows for one day: "user=tokens_in" pairs. */
+static void submit_usage(struct store *s, const char *day, bool fold, const char *const *users, const int64_t *tokens,
+			 int n)
+{
+	struct batch *b = batch_new();
+
+	assert_non_null(b);
+	for (int i = 0; i < n; i++) {
+		struct batch_usage *u = batch_add_usage(b, day, users[i], strlen(users[i]));
+
+		assert_non_null(u);
+		u->tokens_in = tokens[i];
+		u->tokens_out = 2 * tokens[i];
+		u->requests = 1;
+		u->cost_nano = 1500000000LL * tokens[i]; /* $1.5 per token: exact in a double */
+	}
+	b->fold = fold;
+	memcpy(b->current_day, day, sizeof(b->current_day));
+	store_submit(s, b);
+}
+
+static void exec_sql(const char *path, const char *sql)
+{
+	sqlite3 *db;
+
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, "unix"), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+}
+
+/*
+ * Between folds, batches go to usage_journal, not daily_usage. A store
+ * closed without a last fold (as after a crash) leaves the journal: the
+ * next start loads the newest values from it, and its writer replays it
+ * into daily_usage (every day, not only today's), skipping a blob it
+ * cannot decode. A fold writes daily_usage and empties the journal.
+ */
+static void test_journal_then_fold_and_replay(void **state)
+{
+	char dir[] = "/tmp/tg-test-store-XXXXXX", path[256], err[256];
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct store *s;
+	struct ledger *l;
+	struct ledger_usage *u;
+
+	(void)state;
+	assert_non_null(loop);
+	s = start_temp_store(dir, path, sizeof(path), loop, 20, 3600);
+	submit_usage(s, "2026-11-29", false, (const char *const[]){"ann", "bob"}, (const int64_t[]){10, 5}, 2);
+	WAIT_FOR(s, wst.flushes >= 1 && wst.pending_rows == 0);
+	submit_usage(s, "2026-11-28", false, (const char *const[]){"old"}, (const int64_t[]){7}, 1);
+	submit_usage(s, "2026-11-29", false, (const char *const[]){"ann"}, (const int64_t[]){20}, 1);
+	WAIT_FOR(s, wst.journal_rows >= 4 && wst.pending_rows == 0);
+	assert_int_equal(wst.usage_rows, 0);
+	assert_int_equal(wst.folds, 0);
+	assert_int_equal(store_close(s, 1000), 0);
+	assert_int_equal(query_int(path, "SELECT count(*) FROM daily_usage"), 0);
+	assert_true(query_int(path, "SELECT count(*) FROM usage_journal") >= 2);
+	assert_int_equal(query_int(path, "SELECT sum(rows) FROM usage_journal"), 4);
+	/* Something else wrote a row that is not a journal: skipped, dropped. */
+	exec_sql(path, "INSERT INTO usage_journal(written_at, rows, counters) VALUES ('x', 1, x'54474a3100')");
+
+	/* The next start: today's counters are the journal's newest. */
+	s = store_open(path, err, sizeof(err));
+	assert_non_null(s);
+	l = ledger_new();
+	assert_non_null(l);
+	assert_int_equal(ledger_set_today(l, 20786, "2026-11-29"), 0);
+	assert_int_equal(store_load_usage(s, "2026-11-29", l, err, sizeof(err)), 0);
+	u = ledger_user(l, "ann", 3, false);
+	assert_non_null(u);
+	assert_int_equal(u->tokens_in, 20);
+	assert_int_equal(u->tokens_out, 40);
+	assert_int_equal(ledger_user(l, "bob", 3, false)->tokens_in, 5);
+	assert_null(ledger_user(l, "old", 3, false)); /* another day */
+	assert_int_equal(ledger_today_cost(l), 1500000000LL * (20 + 5));
+	ledger_free(l);
+	/* Its writer replays the journal at once, with no batch to write. */
+	assert_int_equal(store_start(s, loop, 20, 3600, noop_policy, NULL), 0);
+	WAIT_FOR(s, wst.journal_replayed >= 4);
+	assert_int_equal(query_int(path, "SELECT count(*) FROM usage_journal"), 0);
+	assert_int_equal(query_int(path, "SELECT tokens_in FROM daily_usage WHERE user_id = 'ann'"), 20);
+	assert_int_equal(query_int(path, "SELECT tokens_out FROM daily_usage WHERE user_id = 'bob'"), 10);
+	assert_int_equal(query_int(path, "SELECT cost_usd * 10 FROM daily_usage WHERE user_id = 'bob'"), 75);
+	assert_int_equal(query_int(path, "SELECT tokens_in FROM daily_usage WHERE user_id = 'old' AND day = '2026-11-28'"),
+			 7);
+
+	/* Journaled, then folded: daily_usage gets the fold's values and the
+	 * journal is empty again. */
+	submit_usage(s, "2026-11-29", false, (const char *const[]){"cat"}, (const int64_t[]){3}, 1);
+	WAIT_FOR(s, wst.journal_rows >= 1 && wst.pending_rows == 0);
+	assert_int_equal(query_int(path, "SELECT count(*) FROM usage_journal"), 1);
+	assert_int_equal(query_int(path, "SELECT count(*) FROM daily_usage WHERE user_id = 'cat'"), 0);
+	submit_usage(s, "2026-11-29", true, (const char *const[]){"cat", "ann"}, (const int64_t[]){4, 21}, 2);
+	WAIT_FOR(s, wst.folds >= 1 && wst.pending_rows == 0);
+	assert_int_equal(wst.usage_rows, 2);
+	assert_int_equal(query_int(path, "SELECT count(*) FROM usage_journal"), 0);
+	assert_int_equal(query_int(path, "SELECT tokens_in FROM daily_usage WHERE user_id = 'cat'"), 4);
+	assert_int_equal(query_int(path, "SELECT tokens_in FROM daily_usage WHERE user_id = 'ann'"), 21);
+	assert_int_equal(store_close(s, 1000), 0);
+	ev_loop_destroy(loop);
+	for (const char *const *f = (const char *const[]){"t.db", "t.db-wal", "t.db-shm", NULL}; *f; f++) {
+		char p[300];
+
+		snprintf(p, sizeof(p), "%s/%s", dir, *f);
+		unlink(p);
+	}
+	assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -580,6 +691,7 @@ int main(void)
 		cmocka_unit_test(test_purge_reads_the_time_index),
 		cmocka_unit_test(test_codes),
 		cmocka_unit_test_setup_teardown(test_reopen_cycle, shim_setup, shim_teardown),
+		cmocka_unit_test(test_journal_then_fold_and_replay),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
