@@ -129,9 +129,24 @@ n_allowed=$(awk '$3 == "allow/ok"' "$TG_TMP/lockstep.out" | wc -l | tr -d ' ')
 bound=$((KILL_MS - FLUSH_MS - 100))
 n_old=$(awk -v b="$bound" '$3 == "allow/ok" && $1 <= b' "$TG_TMP/lockstep.out" | wc -l | tr -d ' ')
 last_ok=$(awk '$3 == "allow/ok" { t = $1 } END { printf "%.0f\n", t }' "$TG_TMP/lockstep.out")
+# What the crash left: daily_usage as of the last write of it (at most
+# daily_usage_interval_ms old), and every flush since in usage_journal,
+# which the next start replays into daily_usage before anything else.
+R0=$(tg_usage "$U" requests)
+R0=${R0:-0}
+J=$(tg_sql "SELECT count(*) FROM usage_journal")
+# shellcheck disable=SC2119  # no extra agent arguments
+tg_start_agent_isolated || tg_bail "agent did not restart after kill -9"
+tg_poll_eq 5 0 tg_sql "SELECT count(*) FROM usage_journal"
+tg_assert_eq 0 "$TG_POLL_GOT" "after the restart: usage_journal replayed and emptied ($J rows after the crash, in $TG_POLL_MS ms)"
 R=$(tg_usage "$U" requests)
 R=${R:-0}
-echo "# kill -9 at $KILL_MS: $n_allowed requests allowed before it (the last one answered at $((last_ok - KILL_MS)) ms relative to the kill), $n_old of them more than ${FLUSH_MS} + 100 ms before; daily_usage.requests after the crash: $R"
+echo "# kill -9 at $KILL_MS: $n_allowed requests allowed before it (the last one answered at $((last_ok - KILL_MS)) ms relative to the kill), $n_old of them more than ${FLUSH_MS} + 100 ms before; daily_usage.requests after the crash: $R0, after the restart's replay of the journal: $R"
+if [ "$R" -ge "$R0" ]; then
+	tg_ok "kill -9: the replay of the journal only adds to daily_usage ($R0 -> $R)"
+else
+	tg_fail "kill -9: the replay of the journal only adds to daily_usage" "$R0 -> $R"
+fi
 lost=$((n_allowed - R))
 lost_ms=$(awk -v r="$R" '$3 == "allow/ok" { n++; if (n == r + 1) { print $1 } }' "$TG_TMP/lockstep.out")
 if [ "$lost" -gt 0 ]; then
@@ -156,16 +171,14 @@ else
 	tg_fail "kill -9: daily_usage counts no request that was not made" "$R > $n_allowed"
 fi
 
-# Restart: the counters continue from the database.
+# Restarted above: the counters continue from the database.
 used=$(tg_usage "$U" "tokens_in + tokens_out")
-# shellcheck disable=SC2119  # no extra agent arguments
-tg_start_agent_isolated || tg_bail "agent did not restart after kill -9"
 tg_restart_haproxy || tg_bail "haproxy did not restart"
 TG_CHAT_BODY=$body tg_chat -H "x-user: $U"
 tg_assert_eq "200 allow/ok" "$TG_STATUS $(tg_header x-llm-decision)" "after the restart: a request is allowed"
 tg_assert_eq "$((LIMIT - used - EST))" "$(tg_header x-ratelimit-remaining-tokens)" \
 	"after the restart: x-ratelimit-remaining-tokens = limit - pre-crash usage in the db ($used) - estimate ($EST)"
-tg_poll_eq 2 "$((R + 1))" tg_usage "$U" requests
+tg_poll_eq 3 "$((R + 1))" tg_usage "$U" requests
 tg_assert_eq "$((R + 1))" "$TG_POLL_GOT" "after the restart: daily_usage.requests continues from $R"
 
 # ---- (c) Another process holds the write lock for 5 s ------------------------

@@ -698,11 +698,9 @@ KILL_MS=$(tg_now_ms)
 kill -KILL "$TG_AGENT_PID"
 tg_stop_pid "$TG_AGENT_PID" # reaps it
 OLD_AGENT=$TG_AGENT_PID
-# What the killed agent left in the database is what a restart starts from.
-DB_REQ=$(tg_usage "$U" requests)
-DB_TOK=$(tg_usage "$U" "tokens_in + tokens_out")
-DB_REQ=${DB_REQ:-0}
-DB_TOK=${DB_TOK:-0}
+# What the killed agent left in the database is what a restart starts from:
+# daily_usage, and the flushes since its last write in usage_journal.
+JOURNAL_ROWS=$(tg_sql "SELECT count(*) FROM usage_journal")
 # Fail-open for a while (HAProxy marks the agent down meanwhile).
 sleep 1.5
 st_down=$(tg_server_field spoe_tokengate tg1 status)
@@ -722,6 +720,27 @@ restart_agent() {
 }
 restart_agent || tg_bail "the agent did not restart on port $TG_AGENT_PORT"
 tg_assert_eq "$TG_AGENT_PORT" "$RESTART_PORT" "restart: the agent listens on its old port again"
+# The restart replays that journal into daily_usage before anything else;
+# $U gets no request after the kill (the load moved to $U2), so its row is
+# then what the killed agent left.
+replayed() {
+	tg_scrape "$TG_TMP/replay.prom" &&
+		[ "$(tg_metric "$TG_TMP/replay.prom" tokengate_db_usage_journal_rows_replayed_total)" -ge 1 ]
+}
+if [ "$JOURNAL_ROWS" -gt 0 ]; then
+	if tg_poll 5 replayed; then
+		tg_ok "restart: the $JOURNAL_ROWS usage_journal rows the kill left replayed into daily_usage ($TG_POLL_MS ms)"
+	else
+		tg_fail "restart: the usage_journal rows the kill left replayed into daily_usage within 5 s" \
+			"tokengate_db_usage_journal_rows_replayed_total: $(tg_metric "$TG_TMP/replay.prom" tokengate_db_usage_journal_rows_replayed_total)"
+	fi
+else
+	tg_ok "restart: the kill left no usage_journal row (the last flush wrote daily_usage)"
+fi
+DB_REQ=$(tg_usage "$U" requests)
+DB_TOK=$(tg_usage "$U" "tokens_in + tokens_out")
+DB_REQ=${DB_REQ:-0}
+DB_TOK=${DB_TOK:-0}
 decided_again() { # an answer decided by the agent, sent after the restart
 	awk -v t="$RESTART_MS" '$1 >= t && $5 == "d=allow/ok" { f = 1 } END { exit !f }' "$TG_TMP/load.out"
 }

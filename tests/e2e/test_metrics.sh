@@ -105,13 +105,16 @@ N_USERS=6            # alice kate carol bob erin dave (the unknown key is nobody
 # Every reservation settled, every row written (one audit row per decision;
 # an allowed request's row is made when it settles, then waits up to one
 # flush interval in the loop, where tokengate_db_pending_rows does not see
-# it yet): then read everything.
+# it yet), and daily_usage up to date (the journal is empty once a write of
+# daily_usage followed the last flush: at most daily_usage_interval_ms):
+# then read everything.
 settled() {
 	tg_scrape "$M1" &&
 		[ "$(tg_metric "$M1" tokengate_reservations_open)" = 0 ] &&
 		[ "$(tg_metric "$M1" tokengate_db_pending_rows)" = 0 ] &&
 		[ "$(tg_metric "$M1" tokengate_audit_rows_written_total)" = $N_DECISIONS ] &&
-		[ "$(tg_sql 'SELECT count(*) FROM audit_log')" = $N_DECISIONS ]
+		[ "$(tg_sql 'SELECT count(*) FROM audit_log')" = $N_DECISIONS ] &&
+		[ "$(tg_sql 'SELECT count(*) FROM usage_journal')" = 0 ]
 }
 if tg_poll 5 settled; then
 	tg_ok "reservations all settled and rows all written (${TG_POLL_MS} ms after the last request)"
