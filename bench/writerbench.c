@@ -7,19 +7,24 @@
  * (the order alternating), the same N random distinct users are:
  *
  *   store   put in a struct batch and handed to a started store (the
- *           writer thread, as in the agent); the figure is the writer's
- *           own time for that transaction (store_stats.last_flush_ms)
+ *           writer thread, as in the agent) as a fold, i.e. written to
+ *           daily_usage; the figure is the writer's own time for that
+ *           transaction (store_stats.last_flush_ms)
+ *   journal the same, as a flush between two folds: one usage_journal
+ *           row (spoa/journal.h) instead of N daily_usage updates
  *   plain   upserted on the main thread with one prepared statement in
  *           one BEGIN IMMEDIATE ... COMMIT, with the store's PRAGMAs
  *           (WAL, synchronous=NORMAL, the same page cache)
  *
  * With -a, every batch also carries N audit_log rows (and the plain side
  * inserts them). Prints one line per size: medians of both, their ratio
- * (plain time / store time: 1.0 = no overhead) and rows per second.
+ * (plain time / store time: 1.0 = no overhead) and rows per second, and
+ * the journal's time.
  *
  * usage: writerbench [-u USERS] [-n SIZES] [-r ROUNDS] [-a] [-d DIR] [--json]
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,8 +136,10 @@ static void fill_batch(struct batch *b, const long *idx, long n, const char *day
 	}
 }
 
-/* The store's writer time for one batch of these rows. */
-static double store_flush(struct store *s, const long *idx, long n, const char *day, int audit, long round)
+/* The store's writer time for one batch of these rows, a fold (to
+ * daily_usage) or a journal flush. */
+static double store_flush(struct store *s, const long *idx, long n, const char *day, int audit, long round,
+			  bool fold)
 {
 	struct store_stats before, st;
 	struct batch *b = batch_new();
@@ -141,6 +148,7 @@ static double store_flush(struct store *s, const long *idx, long n, const char *
 	if (!b)
 		die("batch", "out of memory");
 	fill_batch(b, idx, n, day, audit, round);
+	b->fold = fold;
 	store_get_stats(s, &before);
 	store_submit(s, b);
 	for (;;) {
@@ -288,34 +296,37 @@ int main(int argc, char **argv)
 	if (json)
 		printf("{\"users\":%ld,\"rounds\":%ld,\"audit\":%s,\"sizes\":[", users, rounds, audit ? "true" : "false");
 	else
-		printf("writerbench: %ld users, %ld rounds, %s\n%8s %12s %12s %8s %14s %14s\n", users, rounds,
+		printf("writerbench: %ld users, %ld rounds, %s\n%8s %12s %12s %8s %14s %14s %12s\n", users, rounds,
 		       audit ? "usage + audit rows" : "usage rows only", "rows", "store ms", "plain ms",
-		       "ratio", "store rows/s", "plain rows/s");
+		       "ratio", "store rows/s", "plain rows/s", "journal ms");
 	for (int k = 0; k < nsizes; k++) {
-		double st[MAX_ROUNDS], pl[MAX_ROUNDS], ratio[MAX_ROUNDS], mst, mpl, mr;
+		double st[MAX_ROUNDS], pl[MAX_ROUNDS], jr[MAX_ROUNDS], ratio[MAX_ROUNDS], mst, mpl, mr, mj;
 		long n = sizes[k];
 
 		for (long r = 0; r < rounds; r++) {
 			pick(idx, users, n, &seed);
 			if (r % 2) {
 				pl[r] = plain_flush(&p, idx, n, today.str, audit, r);
-				st[r] = store_flush(s, idx, n, today.str, audit, r);
+				st[r] = store_flush(s, idx, n, today.str, audit, r, true);
 			} else {
-				st[r] = store_flush(s, idx, n, today.str, audit, r);
+				st[r] = store_flush(s, idx, n, today.str, audit, r, true);
 				pl[r] = plain_flush(&p, idx, n, today.str, audit, r);
 			}
+			/* The next round's fold empties the journal again. */
+			jr[r] = store_flush(s, idx, n, today.str, audit, r, false);
 			ratio[r] = st[r] > 0 ? pl[r] / st[r] : 0;
 		}
 		mst = median(st, (int)rounds);
 		mpl = median(pl, (int)rounds);
 		mr = median(ratio, (int)rounds);
+		mj = median(jr, (int)rounds);
 		if (json)
 			printf("%s{\"rows\":%ld,\"store_ms\":%.3f,\"plain_ms\":%.3f,\"ratio\":%.3f,"
-			       "\"store_rows_per_s\":%.0f,\"plain_rows_per_s\":%.0f}",
-			       k ? "," : "", n, mst, mpl, mr, n / mst * 1e3, n / mpl * 1e3);
+			       "\"store_rows_per_s\":%.0f,\"plain_rows_per_s\":%.0f,\"journal_ms\":%.3f}",
+			       k ? "," : "", n, mst, mpl, mr, n / mst * 1e3, n / mpl * 1e3, mj);
 		else
-			printf("%8ld %12.3f %12.3f %8.2f %14.0f %14.0f\n", n, mst, mpl, mr, n / mst * 1e3,
-			       n / mpl * 1e3);
+			printf("%8ld %12.3f %12.3f %8.2f %14.0f %14.0f %12.3f\n", n, mst, mpl, mr, n / mst * 1e3,
+			       n / mpl * 1e3, mj);
 	}
 	if (json)
 		printf("]}\n");
