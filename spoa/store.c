@@ -36,6 +36,8 @@
 #define STORE_REOPEN_AFTER 3
 #define STORE_REOPEN_MIN_S 0.1
 #define STORE_REOPEN_MAX_S 1.0
+/* The journal's blob buffer is kept for the next flush up to this size. */
+#define STORE_JOURNAL_KEEP_BYTES ((size_t)1 << 20)
 /* The newest usage_journal row when the connection opens (0: none). */
 #define JOURNAL_TOP_SQL "SELECT coalesce(max(id), 0) FROM usage_journal"
 
@@ -826,6 +828,7 @@ static int write_usage(struct store *s, const struct batch *b, const char *now, 
 static int write_journal(struct store *s, const struct batch *b, const char *now)
 {
 	sqlite3_stmt *st = s->st[ST_JOURNAL_ADD];
+	int rc;
 
 	if (b->nusage == 0)
 		return 0;
@@ -835,7 +838,14 @@ static int write_journal(struct store *s, const struct batch *b, const char *now
 	sqlite3_bind_text(st, 1, now, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, (int64_t)b->nusage);
 	sqlite3_bind_blob(st, 3, s->journal.p, (int)s->journal.len, SQLITE_STATIC);
-	return step_reset(st);
+	rc = step_reset(st);
+	/* A busy day's blob is megabytes (40 bytes or so per user): given
+	 * back rather than held between flushes. */
+	if (s->journal.cap > STORE_JOURNAL_KEEP_BYTES) {
+		free(s->journal.p);
+		s->journal = (struct journal_buf){0};
+	}
+	return rc;
 }
 
 static void replay_row(const struct journal_row *r, void *arg)
