@@ -32,13 +32,13 @@ INSERT INTO settings (name, value, description) VALUES
 CREATE TRIGGER settings_daily_usage_interval_insert
 BEFORE INSERT ON settings
 WHEN NEW.name = 'daily_usage_interval_ms'
-     AND (NEW.value = '' OR NEW.value GLOB '*[^0-9]*' OR length(NEW.value) > 5
+     AND (typeof(NEW.value) <> 'text' OR NEW.value = '' OR NEW.value GLOB '*[^0-9]*' OR length(NEW.value) > 5
           OR CAST(NEW.value AS INTEGER) NOT BETWEEN 10 AND 60000)
-BEGIN SELECT RAISE(ABORT, 'daily_usage_interval_ms must be an integer from 10 to 60000'); END;
+BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: settings_daily_usage_interval (an integer from 10 to 60000)'); END;
 
 CREATE TRIGGER settings_daily_usage_interval_update
 BEFORE UPDATE ON settings
 WHEN NEW.name = 'daily_usage_interval_ms'
-     AND (NEW.value = '' OR NEW.value GLOB '*[^0-9]*' OR length(NEW.value) > 5
+     AND (typeof(NEW.value) <> 'text' OR NEW.value = '' OR NEW.value GLOB '*[^0-9]*' OR length(NEW.value) > 5
           OR CAST(NEW.value AS INTEGER) NOT BETWEEN 10 AND 60000)
-BEGIN SELECT RAISE(ABORT, 'daily_usage_interval_ms must be an integer from 10 to 60000'); END;
+BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: settings_daily_usage_interval (an integer from 10 to 60000)'); END;

@@ -1084,7 +1084,9 @@ struct batch *engine_take_batch(struct engine *e, double now, bool fold_now)
 {
 	const struct policy *p = e->policy;
 	struct batch *b, *fresh;
-	bool fold = fold_now || e->fold_due ||
+	/* A clock stepped back (now before the last fold) must not hold
+	 * daily_usage still until it catches up: then fold at once. */
+	bool fold = fold_now || e->fold_due || now < e->folded_at ||
 		    now - e->folded_at >= (double)(p->daily_usage_interval_ms - p->flush_interval_ms / 2) / 1000.0;
 
 	strmap_each(&e->breakers, add_health, e);

@@ -139,9 +139,10 @@ static int reserve(struct journal_buf *out, size_t n)
 	return 0;
 }
 
-int journal_encode(const struct batch *b, struct journal_buf *out)
+long journal_encode(const struct batch *b, struct journal_buf *out)
 {
 	size_t need = MAGIC_LEN;
+	long rows = 0;
 	unsigned char *p;
 
 	/* Sized first, written once: no partial blob on failure. A row is
@@ -153,6 +154,7 @@ int journal_encode(const struct batch *b, struct journal_buf *out)
 		if (need > SIZE_MAX - ROW_MAX)
 			return -1;
 		need += row_len(&b->usage[i]);
+		rows++;
 	}
 	if (reserve(out, need) == -1)
 		return -1;
@@ -163,7 +165,7 @@ int journal_encode(const struct batch *b, struct journal_buf *out)
 		if (encodable(b, &b->usage[i]))
 			p = put_row(p, b, &b->usage[i]);
 	out->len = (size_t)(p - out->p);
-	return 0;
+	return rows;
 }
 
 static int is_digit(unsigned char c)

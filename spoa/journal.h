@@ -17,9 +17,9 @@
  *     tokens_in, tokens_out, cost_nano, requests, denials, fallbacks
  *                 6 zigzag-encoded LEB128 varints (at most 10 bytes each)
  *
- * The values are absolute (a user-day's counters now), not deltas, so
- * replaying a blob twice, or an older one after a newer, is harmless as
- * long as blobs are applied in id order.
+ * The values are absolute (a user-day's counters now), not deltas: applied
+ * in id order, the newest value of each user-day is the one that stays,
+ * and replaying a blob twice changes nothing.
  */
 #ifndef TOKENGATE_JOURNAL_H
 #define TOKENGATE_JOURNAL_H
@@ -44,12 +44,12 @@ struct journal_buf {
 };
 
 /* Replaces out's content with the encoding of b's usage rows (the magic
- * alone when it has none). 0, or -1 on allocation failure, out then left
- * as it was. Rows journal_decode would refuse (an empty user, one longer
+ * alone when it has none). The number of rows encoded, or -1 on
+ * allocation failure, out then left as it was. Rows journal_decode would refuse (an empty user, one longer
  * than LEDGER_USER_MAX or holding a NUL, a day not YYYY-MM-DD) are not
  * encoded: the batch never holds such rows, and one would make the whole
  * blob unreadable. */
-int journal_encode(const struct batch *b, struct journal_buf *out);
+long journal_encode(const struct batch *b, struct journal_buf *out);
 
 /* Checks the whole blob first; if it is well formed, calls fn on each row
  * in order and returns the number of rows. -1, with fn never called, when

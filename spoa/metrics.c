@@ -222,7 +222,8 @@ static void render_store(struct buf *b, struct store *s)
 	    "User-day rows written to usage_journal by the flushes between two writes of daily_usage.",
 	    (double)st.journal_rows);
 	one(b, "tokengate_db_usage_journal_rows_replayed_total", "counter",
-	    "usage_journal rows left by an earlier run (a crash) and replayed into daily_usage.",
+	    "User-day rows found in usage_journal when the database was opened (left by a crash, or in the file at a "
+	    "reopen), replayed into daily_usage.",
 	    (double)st.journal_replayed);
 	one(b, "tokengate_audit_rows_written_total", "counter", "audit_log rows written.", (double)st.audit_rows);
 	one(b, "tokengate_audit_rows_purged_total", "counter", "audit_log rows deleted by retention.",

@@ -353,7 +353,12 @@ struct store *store_open(const char *path, char *err, size_t errsz)
 		goto fail;
 	}
 	s->data_version = pragma_int(s->db, "PRAGMA data_version");
-	s->journal_floor = pragma_int(s->db, JOURNAL_TOP_SQL);
+	/* Unreadable, it would count as empty, and the next fold would delete
+	 * rows never replayed. */
+	if ((s->journal_floor = pragma_int(s->db, JOURNAL_TOP_SQL)) < 0) {
+		snprintf(err, errsz, "db %s: cannot read usage_journal: %s", path, sqlite3_errmsg(s->db));
+		goto fail;
+	}
 	s->stats.db_ok = 1;
 	return s;
 fail:
@@ -828,16 +833,17 @@ static int write_usage(struct store *s, const struct batch *b, const char *now, 
 static int write_journal(struct store *s, const struct batch *b, const char *now)
 {
 	sqlite3_stmt *st = s->st[ST_JOURNAL_ADD];
+	long rows;
 	int rc;
 
 	if (b->nusage == 0)
 		return 0;
-	if (journal_encode(b, &s->journal) == -1)
+	if ((rows = journal_encode(b, &s->journal)) == -1)
 		return -1; /* out of memory: the batch is retried */
 	offer_cpu();
 	sqlite3_bind_text(st, 1, now, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, (int64_t)b->nusage);
-	sqlite3_bind_blob(st, 3, s->journal.p, (int)s->journal.len, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, rows);
+	sqlite3_bind_blob64(st, 3, s->journal.p, s->journal.len, SQLITE_STATIC);
 	rc = step_reset(st);
 	/* A busy day's blob is megabytes (40 bytes or so per user): given
 	 * back rather than held between flushes. */
@@ -1035,7 +1041,9 @@ static void replayed(struct store *s, long rows)
 	pthread_mutex_lock(&s->mu);
 	s->stats.journal_replayed += (uint64_t)rows;
 	pthread_mutex_unlock(&s->mu);
-	LOG_INFO("db: usage_journal replayed into daily_usage (%ld user-day rows left by the last run)", rows);
+	LOG_INFO("db: usage_journal replayed into daily_usage (%ld user-day rows found in it when the database was "
+		 "opened)",
+		 rows);
 }
 
 /*
@@ -1180,7 +1188,11 @@ static int reopen(struct store *s, char *err, size_t errsz)
 	/* The file may not be the one last written (restored, say): whatever
 	 * its journal holds is replayed, harmlessly for rows of this run, since
 	 * the loop folds every counter it holds again after a reopen. */
-	s->journal_floor = pragma_int(s->db, JOURNAL_TOP_SQL);
+	if ((s->journal_floor = pragma_int(s->db, JOURNAL_TOP_SQL)) < 0) {
+		describe(s->db, sub, sizeof(sub));
+		snprintf(err, errsz, "read usage_journal: %.130s", sub);
+		goto fail;
+	}
 	return 0;
 fail:
 	db_close(s);
@@ -1410,6 +1422,32 @@ static void carry(struct store *s, struct batch *list)
 	}
 }
 
+/* The outcome of a write that carries no rows of its own (a probe, the
+ * replay of a journal left from before): the database's health, the error
+ * logged once per condition, the reopen logic. */
+static void note_write(struct store *s, int rc, const char *what)
+{
+	pthread_mutex_lock(&s->mu);
+	if (rc == 0) {
+		if (!s->stats.db_ok)
+			LOG_INFO("db: writes work again");
+		s->stats.db_ok = 1;
+		s->logged_refusal[0] = '\0';
+	} else {
+		char why[160];
+
+		snprintf(why, sizeof(why), "%s: %.140s", what, s->stats.last_error);
+		snprintf(s->stats.last_error, sizeof(s->stats.last_error), "%s", why);
+		s->stats.db_ok = 0;
+		if (strcmp(why, s->logged_refusal) != 0) {
+			LOG_ERROR("db: refused, retrying: %s", why);
+			snprintf(s->logged_refusal, sizeof(s->logged_refusal), "%s", why);
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+	after_write(s, rc);
+}
+
 /* An idle agent still learns that its database became read-only, full or
  * locked (and, read-only, closes it to open it again): one small write. */
 static void probe_writable(struct store *s)
@@ -1417,17 +1455,12 @@ static void probe_writable(struct store *s)
 	char why[140];
 	int rc = write_mark(s, "last_probe_at", why, sizeof(why));
 
-	pthread_mutex_lock(&s->mu);
-	if (rc == 0) {
-		if (!s->stats.db_ok)
-			LOG_INFO("db: writes work again");
-		s->stats.db_ok = 1;
-	} else {
-		snprintf(s->stats.last_error, sizeof(s->stats.last_error), "write probe: %s", why);
-		s->stats.db_ok = 0;
+	if (rc != 0) {
+		pthread_mutex_lock(&s->mu);
+		snprintf(s->stats.last_error, sizeof(s->stats.last_error), "%s", why);
+		pthread_mutex_unlock(&s->mu);
 	}
-	pthread_mutex_unlock(&s->mu);
-	after_write(s, rc);
+	note_write(s, rc, "write probe");
 }
 
 static void *writer_main(void *arg)
@@ -1502,7 +1535,7 @@ static void *writer_main(void *arg)
 			/* A journal left from before: into daily_usage now, not
 			 * at the first batch (which may be long in coming). */
 			if (s->db && !s->carried && s->journal_floor > 0) {
-				after_write(s, replay_alone(s));
+				note_write(s, replay_alone(s), "usage_journal replay");
 				last_write = now;
 			}
 			if (s->db && !s->carried && now - last_write >= STORE_PROBE_IDLE_S) {

@@ -74,7 +74,7 @@ struct store_stats {
 	uint64_t usage_rows;       /* daily_usage rows written (by folds) */
 	uint64_t folds;            /* transactions that wrote daily_usage */
 	uint64_t journal_rows;     /* user-day rows journaled (usage_journal) */
-	uint64_t journal_replayed; /* journal rows left from before, replayed */
+	uint64_t journal_replayed; /* user-day rows of a journal found at open, replayed */
 	uint64_t audit_rows;       /* audit rows written */
 	uint64_t audit_purged;     /* audit rows deleted by retention */
 	uint64_t prompts_purged;   /* prompt_log rows deleted by retention */

@@ -259,6 +259,18 @@ rejects "limits cannot be negative" \
     "INSERT INTO user_limits (user_id, daily_requests) VALUES ('zed', -1);"
 rejects "integer settings must be positive integers" \
     "UPDATE settings SET value = '100ms' WHERE name = 'flush_interval_ms';"
+accepts "daily_usage_interval_ms takes an integer from 10 to 60000" \
+    "UPDATE settings SET value = 60000 WHERE name = 'daily_usage_interval_ms';"
+rejects "daily_usage_interval_ms under 10 ms is refused" \
+    "UPDATE settings SET value = '9' WHERE name = 'daily_usage_interval_ms';"
+rejects "daily_usage_interval_ms over 60000 ms is refused" \
+    "UPDATE settings SET value = '60001' WHERE name = 'daily_usage_interval_ms';"
+rejects "daily_usage_interval_ms must be digits" \
+    "UPDATE settings SET value = '1e3' WHERE name = 'daily_usage_interval_ms';"
+rejects "daily_usage_interval_ms must be text, not a blob" \
+    "UPDATE settings SET value = x'3130' WHERE name = 'daily_usage_interval_ms';"
+rejects "a second daily_usage_interval_ms row is checked too" \
+    "INSERT OR REPLACE INTO settings (name, value) VALUES ('daily_usage_interval_ms', '5');"
 rejects "global_ceiling_action must be fallback or deny" \
     "UPDATE settings SET value = 'panic' WHERE name = 'global_ceiling_action';"
 rejects "cost ceiling must be a number or empty" \

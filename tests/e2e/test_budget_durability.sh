@@ -3,10 +3,12 @@
 #   (a) Clean shutdown: with a 60 s flush interval (so only the shutdown path
 #       can write), traffic, then SIGTERM right after the last answer: exit
 #       status 0 and daily_usage equal to the provider's usage, to the token.
-#   (b) kill -9: lock-step traffic for ~2 s, kill -9 in the middle of it:
+#   (b) kill -9: lock-step traffic for ~2 s (daily_usage written once a
+#       minute, so every flush after the first goes to usage_journal), kill
+#       -9 in the middle of it: the restart replays the journal, and then
 #       every request answered more than flush_interval_ms + 100 ms before
-#       the kill is in daily_usage (the measured loss is printed); after a
-#       restart the counters continue from the database.
+#       the kill is in daily_usage (the measured loss is printed); the
+#       counters continue from the database.
 #   (c) Another process holds the write lock for 5 s: every decision still
 #       comes within 400 ms, and once the lock goes no counter is lost.
 # Run from anywhere: sh tests/e2e/test_budget_durability.sh
@@ -70,6 +72,9 @@ tg_assert_eq "$n_req" "$(tg_sql "SELECT count(*) FROM audit_log WHERE user_id LI
 
 # ---- (b) kill -9 -------------------------------------------------------------
 tg_sql "UPDATE settings SET value = '100' WHERE name = 'flush_interval_ms'"
+# daily_usage written once a minute: everything after the first flush goes
+# through usage_journal, so what survives the kill is the journal's replay.
+tg_sql "UPDATE settings SET value = '60000' WHERE name = 'daily_usage_interval_ms'"
 FLUSH_MS=$(tg_sql "SELECT value FROM settings WHERE name = 'flush_interval_ms'")
 # shellcheck disable=SC2119  # no extra agent arguments
 tg_start_agent_isolated || tg_bail "agent did not restart"
@@ -135,6 +140,13 @@ last_ok=$(awk '$3 == "allow/ok" { t = $1 } END { printf "%.0f\n", t }' "$TG_TMP/
 R0=$(tg_usage "$U" requests)
 R0=${R0:-0}
 J=$(tg_sql "SELECT count(*) FROM usage_journal")
+if [ "$J" -ge 10 ]; then
+	tg_ok "kill -9: the flushes since the last write of daily_usage are in usage_journal ($J rows; daily_usage.requests $R0)"
+else
+	tg_fail "kill -9: the flushes since the last write of daily_usage are in usage_journal" "$J rows"
+fi
+# Back to the default for the restarted agent: what follows reads daily_usage.
+tg_sql "UPDATE settings SET value = '1000' WHERE name = 'daily_usage_interval_ms'"
 # shellcheck disable=SC2119  # no extra agent arguments
 tg_start_agent_isolated || tg_bail "agent did not restart after kill -9"
 tg_poll_eq 5 0 tg_sql "SELECT count(*) FROM usage_journal"

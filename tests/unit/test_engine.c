@@ -595,6 +595,13 @@ static void test_batches_journal_then_fold(void **state)
 	/* After the database was opened again: every user, as a fold. */
 	assert_int_equal(engine_rewrite_usage(e), 5);
 	expect_batch(e, t + 2.9, false, true, "ann,bob,cat,dan,eve");
+	request(e, t + 3.0, "9", "ann", NULL, 10, 10, &r);
+	expect_batch(e, t + 3.0, false, false, "ann");
+	/* The clock stepped back an hour: fold at once, not in an hour. */
+	request(e, t - 3600, "10", "bob", NULL, 10, 10, &r);
+	expect_batch(e, t - 3600, false, true, "ann,bob");
+	request(e, t - 3599.9, "11", "cat", NULL, 10, 10, &r);
+	expect_batch(e, t - 3599.9, false, false, "cat");
 	engine_free(e);
 }
 

@@ -40,6 +40,7 @@
 
 #include "batch.h"
 #include "policy.h"
+#include "journal.h"
 #include "store.h"
 
 #define PROMPT_BYTES 16384
@@ -604,6 +605,44 @@ static void exec_sql(const char *path, const char *sql)
 	sqlite3_close(db);
 }
 
+/* A usage_journal row as the agent writes it: one user-day. */
+static void journal_row(const char *path, const char *day, const char *user, int64_t tokens)
+{
+	struct batch *b = batch_new();
+	struct batch_usage *u;
+	struct journal_buf out = {0};
+	sqlite3 *db;
+	sqlite3_stmt *q;
+
+	assert_non_null(b);
+	u = batch_add_usage(b, day, user, strlen(user));
+	assert_non_null(u);
+	u->tokens_in = tokens;
+	u->requests = 1;
+	assert_int_equal(journal_encode(b, &out), 1);
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, "unix"), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO usage_journal(written_at, rows, counters) VALUES ('x', 1, ?1)",
+					    -1, &q, NULL),
+			 SQLITE_OK);
+	sqlite3_bind_blob(q, 1, out.p, (int)out.len, SQLITE_STATIC);
+	assert_int_equal(sqlite3_step(q), SQLITE_DONE);
+	sqlite3_finalize(q);
+	sqlite3_close(db);
+	free(out.p);
+	batch_free(b);
+}
+
+static void remove_temp_db(const char *dir)
+{
+	for (const char *const *f = (const char *const[]){"t.db", "t.db-wal", "t.db-shm", NULL}; *f; f++) {
+		char p[300];
+
+		snprintf(p, sizeof(p), "%s/%s", dir, *f);
+		unlink(p);
+	}
+	assert_int_equal(rmdir(dir), 0);
+}
+
 /*
  * Between folds, batches go to usage_journal, not daily_usage. A store
  * closed without a last fold (as after a crash) leaves the journal: the
@@ -633,8 +672,10 @@ static void test_journal_then_fold_and_replay(void **state)
 	assert_int_equal(query_int(path, "SELECT count(*) FROM daily_usage"), 0);
 	assert_true(query_int(path, "SELECT count(*) FROM usage_journal") >= 2);
 	assert_int_equal(query_int(path, "SELECT sum(rows) FROM usage_journal"), 4);
-	/* Something else wrote a row that is not a journal: skipped, dropped. */
+	/* Something else wrote a row that is not a journal: skipped, dropped,
+	 * and the rows after it still count. */
 	exec_sql(path, "INSERT INTO usage_journal(written_at, rows, counters) VALUES ('x', 1, x'54474a3100')");
+	journal_row(path, "2026-11-29", "late", 9);
 
 	/* The next start: today's counters are the journal's newest. */
 	s = store_open(path, err, sizeof(err));
@@ -649,12 +690,14 @@ static void test_journal_then_fold_and_replay(void **state)
 	assert_int_equal(u->tokens_out, 40);
 	assert_int_equal(ledger_user(l, "bob", 3, false)->tokens_in, 5);
 	assert_null(ledger_user(l, "old", 3, false)); /* another day */
+	assert_int_equal(ledger_user(l, "late", 4, false)->tokens_in, 9);
 	assert_int_equal(ledger_today_cost(l), 1500000000LL * (20 + 5));
 	ledger_free(l);
 	/* Its writer replays the journal at once, with no batch to write. */
 	assert_int_equal(store_start(s, loop, 20, 3600, noop_policy, NULL), 0);
-	WAIT_FOR(s, wst.journal_replayed >= 4);
+	WAIT_FOR(s, wst.journal_replayed >= 5);
 	assert_int_equal(query_int(path, "SELECT count(*) FROM usage_journal"), 0);
+	assert_int_equal(query_int(path, "SELECT tokens_in FROM daily_usage WHERE user_id = 'late'"), 9);
 	assert_int_equal(query_int(path, "SELECT tokens_in FROM daily_usage WHERE user_id = 'ann'"), 20);
 	assert_int_equal(query_int(path, "SELECT tokens_out FROM daily_usage WHERE user_id = 'bob'"), 10);
 	assert_int_equal(query_int(path, "SELECT cost_usd * 10 FROM daily_usage WHERE user_id = 'bob'"), 75);
@@ -675,13 +718,49 @@ static void test_journal_then_fold_and_replay(void **state)
 	assert_int_equal(query_int(path, "SELECT tokens_in FROM daily_usage WHERE user_id = 'ann'"), 21);
 	assert_int_equal(store_close(s, 1000), 0);
 	ev_loop_destroy(loop);
-	for (const char *const *f = (const char *const[]){"t.db", "t.db-wal", "t.db-shm", NULL}; *f; f++) {
-		char p[300];
+	remove_temp_db(dir);
+}
 
-		snprintf(p, sizeof(p), "%s/%s", dir, *f);
-		unlink(p);
-	}
-	assert_int_equal(rmdir(dir), 0);
+/*
+ * The journal left from before cannot be replayed while another process
+ * holds the write lock: /healthz's db_ok says so and the reason is kept;
+ * once the lock goes the replay lands, and health is back without waiting
+ * for traffic or the idle probe.
+ */
+static void test_journal_replay_waits_for_the_lock(void **state)
+{
+	char dir[] = "/tmp/tg-test-store-XXXXXX", path[256], err[256];
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct store *s;
+	sqlite3 *other;
+
+	(void)state;
+	assert_non_null(loop);
+	s = start_temp_store(dir, path, sizeof(path), loop, 20, 3600);
+	assert_int_equal(store_close(s, 1000), 0);
+	journal_row(path, "2026-11-29", "ann", 11);
+	journal_row(path, "2026-11-29", "ann", 12);
+
+	assert_int_equal(sqlite3_open_v2(path, &other, SQLITE_OPEN_READWRITE, "unix"), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE; UPDATE settings SET value = value WHERE name = 'time_zone'",
+				      NULL, NULL, NULL),
+			 SQLITE_OK);
+	s = store_open(path, err, sizeof(err));
+	assert_non_null(s);
+	assert_int_equal(store_start(s, loop, 20, 3600, noop_policy, NULL), 0);
+	WAIT_FOR(s, wst.db_ok == 0 && strstr(wst.last_error, "usage_journal replay") &&
+			    strstr(wst.last_error, "locked"));
+	assert_int_equal(wst.journal_replayed, 0);
+	assert_int_equal(query_int(path, "SELECT count(*) FROM usage_journal"), 2);
+
+	assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(other);
+	WAIT_FOR(s, wst.journal_replayed == 2 && wst.db_ok == 1);
+	assert_int_equal(query_int(path, "SELECT count(*) FROM usage_journal"), 0);
+	assert_int_equal(query_int(path, "SELECT tokens_in FROM daily_usage WHERE user_id = 'ann'"), 12);
+	assert_int_equal(store_close(s, 1000), 0);
+	ev_loop_destroy(loop);
+	remove_temp_db(dir);
 }
 
 int main(void)
@@ -692,6 +771,7 @@ int main(void)
 		cmocka_unit_test(test_codes),
 		cmocka_unit_test_setup_teardown(test_reopen_cycle, shim_setup, shim_teardown),
 		cmocka_unit_test(test_journal_then_fold_and_replay),
+		cmocka_unit_test(test_journal_replay_waits_for_the_lock),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
