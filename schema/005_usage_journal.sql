@@ -27,6 +27,10 @@ INSERT INTO settings (name, value, description) VALUES
     ('daily_usage_interval_ms', '1000',
      'How often daily_usage is brought up to date, in milliseconds (10..60000). In between, flushes go to usage_journal, replayed at start after a crash. Set it to flush_interval_ms to write daily_usage at every flush.');
 
+UPDATE settings SET description =
+    'How often changed usage counters are committed to this database (usage_journal, and daily_usage every daily_usage_interval_ms), in milliseconds. A crash loses at most about this much usage.'
+WHERE name = 'flush_interval_ms';
+
 -- settings' CHECKs cannot be extended by a migration: the same rule as
 -- flush_interval_ms, as triggers.
 CREATE TRIGGER settings_daily_usage_interval_insert

@@ -57,7 +57,7 @@ spop_round() {
 spop_round "1 thread, -c 10 -P 100" -c 10 -P 100
 # daily_usage: the 10 reservations at their estimate (no llm-response comes),
 # 990 denials.
-if tg_poll_eq 2 "1000 640 10 990" tg_usage user-0 "tokens_in || ' ' || tokens_out || ' ' || requests || ' ' || denials"; then
+if tg_poll_eq 4 "1000 640 10 990" tg_usage user-0 "tokens_in || ' ' || tokens_out || ' ' || requests || ' ' || denials"; then
 	tg_ok "SPOP: daily_usage of user-0 = 10 reservations of 100 + 64 tokens, 990 denials (${TG_POLL_MS} ms)"
 else
 	tg_fail "SPOP: daily_usage of user-0 = 10 reservations, 990 denials" \
@@ -120,7 +120,7 @@ else
 	tg_fail "$U: daily_usage equals the mock's usage of the 10 allowed requests" \
 		"daily_usage: $TG_USAGE_GOT" "mock:        $TG_USAGE_WANT"
 fi
-tg_poll_eq 2 990 tg_usage "$U" denials
+tg_poll_eq 4 990 tg_usage "$U" denials
 tg_assert_eq 990 "$TG_POLL_GOT" "$U: daily_usage.denials = 990"
 
 echo "# took $((($(tg_now_ms) - T_START) / 1000)) s"

@@ -65,7 +65,7 @@ tg_assert_eq "allow/ok 100000" "$(tg_header x-llm-decision) $(tg_header x-rateli
 bearer "$K_VALID"
 bearer "$K_VALID"
 tg_assert_eq 200 "$TG_STATUS" "valid key: more requests allowed"
-if tg_poll 2 tg_usage_matches_mock key-alice 0 0 "$K_VALID"; then
+if tg_poll 4 tg_usage_matches_mock key-alice 0 0 "$K_VALID"; then
 	tg_ok "valid key: charged to its user key-alice, to the token ($TG_USAGE_GOT)"
 else
 	tg_fail "valid key: charged to its user key-alice, to the token" \
@@ -75,7 +75,7 @@ fi
 bearer "$K_FREE"
 tg_assert_eq "200 allow/ok 10000" "$TG_STATUS $(tg_header x-llm-decision) $(tg_header x-ratelimit-limit-tokens)" \
 	"key with tier 'free': allowed under the free tier's 10000-token limit"
-if tg_poll 2 tg_usage_matches_mock key-dave 0 0 "$K_FREE"; then
+if tg_poll 4 tg_usage_matches_mock key-dave 0 0 "$K_FREE"; then
 	tg_ok "key with tier 'free': charged to its user key-dave ($TG_USAGE_GOT)"
 else
 	tg_fail "key with tier 'free': charged to its user key-dave" "daily_usage: $TG_USAGE_GOT" "mock:        $TG_USAGE_WANT"
@@ -134,7 +134,7 @@ tg_assert_eq "allow/ok 10000" "$(tg_header x-llm-decision) $(tg_header x-ratelim
 	"unknown_key_action = 'free': allow/ok under the free tier's 10000-token limit"
 bearer "$K_UNKNOWN"
 tg_assert_eq 200 "$TG_STATUS" "unknown_key_action = 'free': again"
-if tg_poll 2 tg_usage_matches_mock anonymous 0 0 "$K_UNKNOWN"; then
+if tg_poll 4 tg_usage_matches_mock anonymous 0 0 "$K_UNKNOWN"; then
 	tg_ok "unknown_key_action = 'free': charged to user 'anonymous' in daily_usage ($TG_USAGE_GOT)"
 else
 	tg_fail "unknown_key_action = 'free': charged to user 'anonymous' in daily_usage" \

@@ -97,8 +97,16 @@ tg_poll 2 ok_key && tg_ok "the created key is accepted (${TG_POLL_MS} ms)" || tg
 "$AGENT" limit set --user sam --tokens 10 --db "$TG_DB" >/dev/null 2>&1
 limited() { tg_chat -H "authorization: Bearer $key"; [ "$TG_STATUS" = 429 ]; }
 tg_poll 2 limited && tg_ok "limit set: the user is refused within ${TG_POLL_MS} ms" || tg_fail "limit not applied"
-u=$("$AGENT" usage --user sam --db "$TG_DB" 2>/dev/null)
-tg_assert_match '*requests*1*' "$u" "usage shows the user's day"
+# daily_usage is written once a second (daily_usage_interval_ms): poll for
+# the day's row. The polls above made an unknown number of allowed requests;
+# the command must show the row's own values.
+sam_usage() { "$AGENT" usage --user sam --db "$TG_DB" 2>/dev/null | awk '$1 == "user_id" || $1 == "requests" { printf "%s ", $2 }'; }
+sam_row() { r=$(tg_usage sam requests); [ "${r:-0}" -ge 1 ] && [ "$(sam_usage)" = "sam $r " ]; }
+if tg_poll 4 sam_row; then
+	tg_ok "usage shows the user's day: $(sam_usage)(${TG_POLL_MS} ms)"
+else
+	tg_fail "usage shows the user's day" "usage: $(sam_usage)" "daily_usage.requests: $(tg_usage sam requests)"
+fi
 "$AGENT" key revoke --user sam --db "$TG_DB" >/dev/null 2>&1
 revoked() { tg_chat -H "authorization: Bearer $key"; [ "$TG_STATUS" = 401 ]; }
 tg_poll 2 revoked && tg_ok "key revoke: refused with 401 within ${TG_POLL_MS} ms" || tg_fail "revoked key still accepted"
