@@ -120,14 +120,24 @@ void engine_expire_all(struct engine *e, double now);
  * What changed since the last call, or NULL if nothing did. The caller
  * owns the batch. It is a fold (batch.fold: its usage rows are every
  * user-day changed since the last fold, for daily_usage) when fold_now is
- * set, when engine_rewrite_usage asked for one, or when the policy's
- * daily_usage_interval_ms has passed since the last fold (within half a
+ * set, when engine_rewrite_usage asked for one, or when
+ * engine_fold_interval has passed since the last fold (within half a
  * flush interval, so that the timer's jitter does not skip one); otherwise
  * its usage rows are those changed since the last batch, for the journal.
  * An agent that was idle longer than that interval folds its first change
  * at once.
  */
 struct batch *engine_take_batch(struct engine *e, double now, bool fold_now);
+
+/* How often daily_usage is written now (seconds): the policy's
+ * daily_usage_interval_ms, or longer when the last fold cost the writer
+ * more than a tenth of that in CPU time (ten times that cost, at most 60
+ * s), so that writing daily_usage never takes more than a tenth of a CPU
+ * however many users change. */
+double engine_fold_interval(const struct engine *e);
+
+/* The writer's CPU time for the last fold (store_stats.last_fold_cpu_s). */
+void engine_set_fold_cpu(struct engine *e, double seconds);
 
 /* Puts every counter held in memory into the next batch again, and makes
  * it a fold, e.g. after the database was opened again: a file system

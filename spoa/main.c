@@ -244,6 +244,7 @@ static void flush_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 		store_get_stats(g.store, &st);
 		engine_set_store_pending(g.env.engine, st.pending_log_rows);
+		engine_set_fold_cpu(g.env.engine, st.last_fold_cpu_s);
 		/* The database was opened again: what its file system had not
 		 * yet written when it failed is gone (synchronous=NORMAL does
 		 * not sync each commit), so every counter goes out again. */

@@ -113,6 +113,10 @@ static void render_engine(struct buf *b, struct engine *e)
 	    (double)st->settled_by_log);
 	one(b, "tokengate_client_aborts_total", "counter",
 	    "Of those, requests whose client went away (not counted against the provider).", (double)st->client_aborts);
+	one(b, "tokengate_db_daily_usage_interval_seconds", "gauge",
+	    "How often daily_usage is written now: settings.daily_usage_interval_ms, or longer when the last write of "
+	    "daily_usage cost the writer more than a tenth of that in CPU time (at most 60 s).",
+	    engine_fold_interval(e));
 }
 
 struct provider_pass {
@@ -218,6 +222,8 @@ static void render_store(struct buf *b, struct store *s)
 	one(b, "tokengate_db_usage_rows_written_total", "counter",
 	    "daily_usage rows written (once per daily_usage_interval_ms per user-day that changed).",
 	    (double)st.usage_rows);
+	one(b, "tokengate_db_usage_write_cpu_seconds_total", "counter",
+	    "Writer CPU time spent in the transactions that wrote daily_usage.", st.fold_cpu_s_total);
 	one(b, "tokengate_db_usage_journal_rows_written_total", "counter",
 	    "User-day rows written to usage_journal by the flushes between two writes of daily_usage.",
 	    (double)st.journal_rows);

@@ -167,6 +167,17 @@ static double mono_now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* CPU time of the calling thread: what a fold costs, whatever the lock
+ * waits and the scheduler add to its wall time. */
+static double thread_cpu_now(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+		return 0;
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 /* The errno of the connection's last failed system call, 0 if unknown.
  * sqlite3_system_errno reads errno when the error is reported, often 0 by
  * then; each file keeps the errno of its own last failure: the WAL (where
@@ -1259,7 +1270,7 @@ static void after_write(struct store *s, int rc)
 /* Writes carried (merged with what just came); keeps it on failure. */
 static void flush_carried(struct store *s)
 {
-	double t0 = mono_now(), ms;
+	double t0 = mono_now(), cpu0 = thread_cpu_now(), ms, cpu;
 	int rc;
 
 	/* In key order, consecutive upserts hit the same B-tree pages while
@@ -1273,12 +1284,15 @@ static void flush_carried(struct store *s)
 		rc = write_batch(s, s->carried, true);
 
 	ms = (mono_now() - t0) * 1000.0;
+	cpu = thread_cpu_now() - cpu0;
 	pthread_mutex_lock(&s->mu);
 	if (rc == 0) {
 		s->stats.flushes++;
 		if (s->carried->fold) {
 			s->stats.usage_rows += s->carried->nusage;
 			s->stats.folds++;
+			s->stats.last_fold_cpu_s = cpu;
+			s->stats.fold_cpu_s_total += s->stats.last_fold_cpu_s;
 		} else {
 			s->stats.journal_rows += s->carried->nusage;
 		}

@@ -194,6 +194,10 @@ hist=$(awk '/^tokengate_db_flush_duration_seconds_bucket/ { if ($NF + 0 < prev) 
 	END { print (bad ? "not monotonic" : last) }' "$M1")
 tg_assert_eq "tokengate_db_flush_duration_seconds_bucket{le=\"+Inf\"} $(tg_metric "$M1" tokengate_db_flush_duration_seconds_count)" "$hist" \
 	"flush-duration buckets are cumulative and end with +Inf = count"
+# A handful of users costs the writer far less than a tenth of the 1 s
+# interval: daily_usage is written at the interval set, and its CPU counted.
+tg_assert_eq "1 yes" "$(tg_metric "$M1" tokengate_db_daily_usage_interval_seconds) $(awk '/^tokengate_db_usage_write_cpu_seconds_total / { print ($2 > 0 && $2 < 1) ? "yes" : "no: " $2 }' "$M1")" \
+	"tokengate_db_daily_usage_interval_seconds is the setting's 1 s, some writer CPU counted for daily_usage"
 tg_assert_eq "$(tg_agent_log_count 'rules reloaded')" "$(tg_metric "$M1" tokengate_rules_reloads_total)" \
 	"tokengate_rules_reloads_total equals the agent's 'rules reloaded' log lines"
 tg_assert_eq 0 "$(tg_metric "$M1" tokengate_rules_reload_errors_total)" "tokengate_rules_reload_errors_total is 0"

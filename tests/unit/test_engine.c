@@ -605,6 +605,52 @@ static void test_batches_journal_then_fold(void **state)
 	engine_free(e);
 }
 
+/* A fold that cost the writer more than a tenth of the interval in CPU
+ * time spaces the next one out to ten times that cost (60 s at most), so
+ * that daily_usage never takes more than a tenth of a CPU. A stop, a
+ * reopen and a clock stepped back still fold at once. */
+static void test_folds_paced_by_their_cost(void **state)
+{
+	struct engine *e = engine_new(&cfg, base_policy(-1, -1, -1, 0), NOON_UTC);
+	struct result r;
+	const double t = NOON_UTC;
+
+	(void)state;
+	assert_true(engine_fold_interval(e) == 1.0);
+	engine_set_fold_cpu(e, 0.05); /* cheap: the setting rules */
+	assert_true(engine_fold_interval(e) == 1.0);
+	request(e, t, "1", "ann", NULL, 10, 10, &r);
+	expect_batch(e, t, false, true, "ann");
+	engine_set_fold_cpu(e, 0.3); /* 30 % of a CPU at 1 s: every 3 s */
+	assert_true(engine_fold_interval(e) > 2.999 && engine_fold_interval(e) < 3.001);
+	request(e, t + 1.0, "2", "bob", NULL, 10, 10, &r);
+	expect_batch(e, t + 1.0, false, false, "bob");
+	request(e, t + 2.8, "3", "cat", NULL, 10, 10, &r);
+	expect_batch(e, t + 2.8, false, false, "cat");
+	request(e, t + 2.95, "4", "dan", NULL, 10, 10, &r);
+	expect_batch(e, t + 2.95, false, true, "bob,cat,dan");
+	/* Never more than 60 s behind, whatever a fold cost. */
+	engine_set_fold_cpu(e, 100.0);
+	assert_true(engine_fold_interval(e) == 60.0);
+	request(e, t + 30, "5", "eve", NULL, 10, 10, &r);
+	expect_batch(e, t + 30, false, false, "eve");
+	request(e, t + 62.95, "6", "eve", NULL, 10, 10, &r);
+	expect_batch(e, t + 62.95, false, true, "eve");
+	/* What must fold at once still does. */
+	request(e, t + 63, "7", "ann", NULL, 10, 10, &r);
+	expect_batch(e, t + 63, true, true, "ann");
+	request(e, t + 63.1, "8", "bob", NULL, 10, 10, &r);
+	engine_rewrite_usage(e);
+	expect_batch(e, t + 63.1, false, true, "ann,bob,cat,dan,eve");
+	request(e, t + 10, "9", "cat", NULL, 10, 10, &r);
+	expect_batch(e, t + 10, false, true, "cat");
+	/* The cost falls (fewer users): so does the interval. */
+	engine_set_fold_cpu(e, 0.0);
+	request(e, t + 11, "10", "dan", NULL, 10, 10, &r);
+	expect_batch(e, t + 11, false, true, "dan");
+	engine_free(e);
+}
+
 /* daily_usage_interval_ms equal to flush_interval_ms: every batch folds,
  * as before the journal existed. */
 static void test_batches_fold_every_flush_when_asked(void **state)
@@ -982,6 +1028,7 @@ int main(void)
 		cmocka_unit_test(test_day_boundary_across_dst),
 		cmocka_unit_test(test_batches_journal_then_fold),
 		cmocka_unit_test(test_batches_fold_every_flush_when_asked),
+		cmocka_unit_test(test_folds_paced_by_their_cost),
 		cmocka_unit_test(test_bad_input),
 		cmocka_unit_test(test_completion_allowance_fields),
 		cmocka_unit_test(test_breaker_moves_traffic_to_secondary_and_back),

@@ -668,6 +668,7 @@ static void test_journal_then_fold_and_replay(void **state)
 	WAIT_FOR(s, wst.journal_rows >= 4 && wst.pending_rows == 0);
 	assert_int_equal(wst.usage_rows, 0);
 	assert_int_equal(wst.folds, 0);
+	assert_true(wst.fold_cpu_s_total == 0); /* a journal row is not a fold */
 	assert_int_equal(store_close(s, 1000), 0);
 	assert_int_equal(query_int(path, "SELECT count(*) FROM daily_usage"), 0);
 	assert_true(query_int(path, "SELECT count(*) FROM usage_journal") >= 2);
@@ -713,6 +714,9 @@ static void test_journal_then_fold_and_replay(void **state)
 	submit_usage(s, "2026-11-29", true, (const char *const[]){"cat", "ann"}, (const int64_t[]){4, 21}, 2);
 	WAIT_FOR(s, wst.folds >= 1 && wst.pending_rows == 0);
 	assert_int_equal(wst.usage_rows, 2);
+	/* Its CPU time paces the next folds (engine_fold_interval). */
+	assert_true(wst.last_fold_cpu_s > 0 && wst.last_fold_cpu_s < 1);
+	assert_true(wst.fold_cpu_s_total == wst.last_fold_cpu_s);
 	assert_int_equal(query_int(path, "SELECT count(*) FROM usage_journal"), 0);
 	assert_int_equal(query_int(path, "SELECT tokens_in FROM daily_usage WHERE user_id = 'cat'"), 4);
 	assert_int_equal(query_int(path, "SELECT tokens_in FROM daily_usage WHERE user_id = 'ann'"), 21);
