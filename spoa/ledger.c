@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "strmap.h"
+#include "usermap.h"
 
 /* A day's user entries are carved out of blocks that are freed together
  * with the day: an entry is never freed alone, and malloc's per-chunk
@@ -23,7 +24,7 @@ struct ledger_day {
 	int32_t day;
 	char str[11];
 	size_t open;
-	struct strmap users;
+	struct usermap users;
 	struct ledger_block *blocks; /* the newest first */
 };
 
@@ -65,7 +66,7 @@ static void day_free(struct ledger_day *d)
 		d->blocks = b->next;
 		free(b);
 	}
-	strmap_clear(&d->users);
+	usermap_clear(&d->users);
 	memset(d, 0, sizeof(*d));
 }
 
@@ -137,9 +138,12 @@ int ledger_set_today(struct ledger *l, int32_t day, const char *str)
 	}
 	l->today = (int)(d - l->days);
 	l->today_cost = 0;
-	for (size_t i = 0; i < d->users.cap; i++)
-		if (d->users.slots[i].key)
-			l->today_cost += ((struct ledger_usage *)d->users.slots[i].val)->cost_nano;
+	for (size_t i = 0; i < d->users.cap; i++) {
+		const struct ledger_usage *u = usermap_at(&d->users, i);
+
+		if (u)
+			l->today_cost += u->cost_nano;
+	}
 	return 0;
 }
 
@@ -159,11 +163,13 @@ struct ledger_usage *ledger_user(struct ledger *l, const char *user, size_t len,
 {
 	struct ledger_day *d;
 	struct ledger_usage *u;
+	uint32_t hash;
 
 	if (l->today < 0 || len > LEDGER_USER_MAX)
 		return NULL;
 	d = &l->days[l->today];
-	u = strmap_get(&d->users, user, len);
+	hash = strmap_hash(user, len);
+	u = usermap_get(&d->users, user, len, hash);
 	if (u || !create)
 		return u;
 	u = day_alloc(d, sizeof(*u) + len + 1);
@@ -173,7 +179,7 @@ struct ledger_usage *ledger_user(struct ledger *l, const char *user, size_t len,
 	u->len = (uint8_t)len;
 	memcpy(u->user, user, len);
 	/* On failure the entry's bytes stay in the block until the day goes. */
-	if (strmap_put(&d->users, u->user, len, u) == -1)
+	if (usermap_add(&d->users, u, hash) == -1)
 		return NULL;
 	return u;
 }
@@ -399,9 +405,12 @@ size_t ledger_mark_all_dirty(struct ledger *l)
 
 		if (!d->used)
 			continue;
-		for (size_t k = 0; k < d->users.cap; k++)
-			if (d->users.slots[k].key)
-				mark_dirty(l, d->users.slots[k].val);
+		for (size_t k = 0; k < d->users.cap; k++) {
+			struct ledger_usage *u = usermap_at(&d->users, k);
+
+			if (u)
+				mark_dirty(l, u);
+		}
 	}
 	return l->fold.n;
 }
@@ -428,7 +437,10 @@ void ledger_each_today(const struct ledger *l, void (*fn)(const struct ledger_us
 	if (l->today < 0)
 		return;
 	d = &l->days[l->today];
-	for (size_t i = 0; i < d->users.cap; i++)
-		if (d->users.slots[i].key)
-			fn(d->users.slots[i].val, arg);
+	for (size_t i = 0; i < d->users.cap; i++) {
+		const struct ledger_usage *u = usermap_at(&d->users, i);
+
+		if (u)
+			fn(u, arg);
+	}
 }
