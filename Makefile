@@ -32,7 +32,7 @@ SPOA_SRC := $(filter-out spoa/main.c,$(wildcard spoa/*.c))
 SPOA_OBJ := $(SPOA_SRC:%.c=$(BUILD)/%.o) $(BUILD)/schema_sql.o
 WIRE_OBJ := $(BUILD)/bench/spopwire.o
 
-BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/test_daytime $(BUILD)/test_engine $(BUILD)/test_breaker $(BUILD)/test_batch $(BUILD)/test_journal $(BUILD)/test_logsock $(BUILD)/test_strmap $(BUILD)/test_ledger $(BUILD)/test_fallback $(BUILD)/test_redact $(BUILD)/test_config $(BUILD)/test_tokenfile $(BUILD)/test_ratelog $(BUILD)/test_store $(BUILD)/test_politevfs $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/writerbench $(BUILD)/fuzz_replay $(BUILD)/fuzz_body_replay $(BUILD)/fuzz_logline_replay $(BUILD)/fuzz_config_replay $(BUILD)/fuzz_journal_replay
+BINS := $(BUILD)/tokengate $(BUILD)/test_spop $(BUILD)/test_daytime $(BUILD)/test_engine $(BUILD)/test_breaker $(BUILD)/test_batch $(BUILD)/test_journal $(BUILD)/test_logsock $(BUILD)/test_strmap $(BUILD)/test_usermap $(BUILD)/test_ledger $(BUILD)/test_fallback $(BUILD)/test_redact $(BUILD)/test_config $(BUILD)/test_tokenfile $(BUILD)/test_ratelog $(BUILD)/test_store $(BUILD)/test_politevfs $(BUILD)/spopload $(BUILD)/spopraw $(BUILD)/wire_selftest $(BUILD)/writerbench $(BUILD)/fuzz_replay $(BUILD)/fuzz_body_replay $(BUILD)/fuzz_logline_replay $(BUILD)/fuzz_config_replay $(BUILD)/fuzz_journal_replay
 
 .PHONY: all test asan check fuzz bench soak valgrind install clean deps
 all: $(BINS)
@@ -86,6 +86,11 @@ $(BUILD)/test_logsock: $(BUILD)/tests/unit/test_logsock.o $(SPOA_OBJ)
 $(BUILD)/test_strmap: $(BUILD)/tests/unit/test_strmap.o $(SPOA_OBJ)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+# calloc and realloc are wrapped so that the test can make one fail.
+$(BUILD)/test_usermap: $(BUILD)/tests/unit/test_usermap.o $(SPOA_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -Wl,--wrap=calloc,--wrap=realloc -o $@ $^ $(LDLIBS) -lcmocka
 
 $(BUILD)/test_ledger: $(BUILD)/tests/unit/test_ledger.o $(SPOA_OBJ)
 	@$(if $(Q),echo "  LD      $@")

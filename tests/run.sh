@@ -85,6 +85,7 @@ unit() {
 	run "unit/journal$tag" "$bdir/test_journal"
 	run "unit/logsock$tag" "$bdir/test_logsock"
 	run "unit/strmap$tag" "$bdir/test_strmap"
+	run "unit/usermap$tag" "$bdir/test_usermap"
 	run "unit/ledger$tag" "$bdir/test_ledger"
 	run "unit/fallback$tag" "$bdir/test_fallback"
 	run "unit/redact$tag" "$bdir/test_redact"
