@@ -14,3 +14,7 @@
 UPDATE settings SET description =
     'Shortest interval between two writes of daily_usage, in milliseconds (10..60000); the agent waits longer, up to 60 s, when writing it would otherwise take more than a tenth of a CPU (see the metric tokengate_db_daily_usage_interval_seconds). In between, flushes go to usage_journal, replayed at start after a crash. Set it to flush_interval_ms to write daily_usage at every flush while that is cheap.'
 WHERE name = 'daily_usage_interval_ms';
+
+UPDATE settings SET description =
+    'How often changed usage counters are committed to this database (usage_journal, and daily_usage at most every daily_usage_interval_ms), in milliseconds. A crash loses at most about this much usage.'
+WHERE name = 'flush_interval_ms';

@@ -132,8 +132,9 @@ struct batch *engine_take_batch(struct engine *e, double now, bool fold_now);
 /* How often daily_usage is written now (seconds): the policy's
  * daily_usage_interval_ms, or longer when the last fold cost the writer
  * more than a tenth of that in CPU time (ten times that cost, at most 60
- * s), so that writing daily_usage never takes more than a tenth of a CPU
- * however many users change. */
+ * s), so that writing daily_usage takes about a tenth of a CPU at most
+ * however many users change (more while the interval climbs: see README
+ * "Durability"). */
 double engine_fold_interval(const struct engine *e);
 
 /* The writer's CPU time for the last fold (store_stats.last_fold_cpu_s). */

@@ -220,10 +220,13 @@ static void render_store(struct buf *b, struct store *s)
 	one(b, "tokengate_db_pending_rows", "gauge", "Rows waiting to be written (the write-behind queue).",
 	    (double)st.pending_rows);
 	one(b, "tokengate_db_usage_rows_written_total", "counter",
-	    "daily_usage rows written (once per daily_usage_interval_ms per user-day that changed).",
+	    "daily_usage rows written (once per write of daily_usage, every tokengate_db_daily_usage_interval_seconds, per "
+	    "user-day that changed).",
 	    (double)st.usage_rows);
 	one(b, "tokengate_db_usage_write_cpu_seconds_total", "counter",
-	    "Writer CPU time spent in the transactions that wrote daily_usage.", st.fold_cpu_s_total);
+	    "Writer CPU time spent writing daily_usage (its rows, the journal cleared, the commit; not the audit rows "
+	    "written with them): what paces those writes.",
+	    st.fold_cpu_s_total);
 	one(b, "tokengate_db_usage_journal_rows_written_total", "counter",
 	    "User-day rows written to usage_journal by the flushes between two writes of daily_usage.",
 	    (double)st.journal_rows);

@@ -73,7 +73,7 @@ struct store_stats {
 	uint64_t flush_errors;     /* transactions refused */
 	uint64_t usage_rows;       /* daily_usage rows written (by folds) */
 	uint64_t folds;            /* transactions that wrote daily_usage */
-	double last_fold_cpu_s;    /* writer CPU time of the last fold's daily_usage rows (sort included) */
+	double last_fold_cpu_s;    /* writer CPU time of the last fold: its rows sorted and written, the journal cleared, the commit */
 	double fold_cpu_s_total;
 	uint64_t journal_rows;     /* user-day rows journaled (usage_journal) */
 	uint64_t journal_replayed; /* user-day rows of a journal found at open, replayed */
