@@ -3,6 +3,9 @@
 #   (a) Clean shutdown: with a 60 s flush interval (so only the shutdown path
 #       can write), traffic, then SIGTERM right after the last answer: exit
 #       status 0 and daily_usage equal to the provider's usage, to the token.
+#       Then the same with flushes every 100 ms going to usage_journal
+#       (daily_usage written once a minute): the SIGTERM writes daily_usage
+#       and leaves the journal empty.
 #   (b) kill -9: lock-step traffic for ~2 s (daily_usage written once a
 #       minute, so every flush after the first goes to usage_journal), kill
 #       -9 in the middle of it: the restart replays the journal, and then
@@ -69,6 +72,43 @@ else
 fi
 tg_assert_eq "$n_req" "$(tg_sql "SELECT count(*) FROM audit_log WHERE user_id LIKE 'dur-%' AND outcome = 'settled'")" \
 	"clean shutdown: all $n_req audit_log rows written, settled"
+
+# The same with the journal holding what changed since the last write of
+# daily_usage: the shutdown must write daily_usage itself, not leave it to
+# the replay at the next start.
+tg_sql "UPDATE settings SET value = '100' WHERE name = 'flush_interval_ms';
+	UPDATE settings SET value = '60000' WHERE name = 'daily_usage_interval_ms';"
+# shellcheck disable=SC2119  # no extra agent arguments
+tg_start_agent_isolated || tg_bail "agent did not restart"
+tg_restart_haproxy || tg_bail "haproxy did not restart"
+# The agent's first batch (its providers' health, at start) wrote
+# daily_usage: every change for the next minute goes to the journal.
+for u in jdur-a jdur-b jdur-c; do
+	tg_burst 10 5 "$TG_TMP/jclean-$u.out" -H "x-user: $u"
+done
+journal_has_rows() { [ "$(tg_sql 'SELECT count(*) FROM usage_journal')" -ge 1 ]; }
+if tg_poll 4 journal_has_rows; then
+	tg_ok "clean shutdown with the journal: the load went to usage_journal ($(tg_sql 'SELECT count(*) FROM usage_journal') rows)"
+else
+	tg_fail "clean shutdown with the journal: the load went to usage_journal" "usage_journal rows: $(tg_sql 'SELECT count(*) FROM usage_journal')"
+fi
+tg_assert_eq "" "$(tg_sql "SELECT group_concat(user_id) FROM daily_usage WHERE user_id LIKE 'jdur-%'")" \
+	"clean shutdown with the journal: before the SIGTERM, daily_usage has none of the 3 users"
+kill -TERM "$TG_AGENT_PID"
+tg_wait_exit "$TG_AGENT_PID" 10
+tg_assert_eq 0 "$TG_EXIT_STATUS" "clean shutdown with the journal: the agent exits with status 0"
+tg_stop_pid "$TG_AGENT_PID"
+TG_AGENT_PID=""
+tg_assert_eq 0 "$(tg_sql 'SELECT count(*) FROM usage_journal')" "clean shutdown with the journal: usage_journal is empty after the SIGTERM"
+bad=""
+for u in jdur-a jdur-b jdur-c; do
+	tg_usage_matches_mock "$u" || bad="$bad [$u: daily_usage $TG_USAGE_GOT, mock $TG_USAGE_WANT]"
+done
+if [ -z "$bad" ]; then
+	tg_ok "clean shutdown with the journal: daily_usage of the 3 users equals the mock's usage, to the token"
+else
+	tg_fail "clean shutdown with the journal: daily_usage equals the mock's usage, to the token" "$bad"
+fi
 
 # ---- (b) kill -9 -------------------------------------------------------------
 tg_sql "UPDATE settings SET value = '100' WHERE name = 'flush_interval_ms'"

@@ -148,9 +148,9 @@ TG_CHAT_BODY=$body tg_chat -H "x-user: $U" -H 'x-mock-completion-tokens: 200'
 tg_assert_eq 200 "$TG_STATUS" "after the UPDATE: the next request passes too"
 
 # ---- daily_usage == the provider's usage, to the token -----------------------
-# daily_usage is written once a second (daily_usage_interval_ms), a flush
-# interval after the change at most, unless the writer is behind: the polls
-# of daily_usage allow 4 s.
+# daily_usage is written every second (daily_usage_interval_ms; a handful
+# of users never stretches it), a flush interval after the change at most,
+# unless the writer is behind: the polls of daily_usage allow 4 s.
 if tg_poll 4 tg_usage_matches_mock "$U"; then
 	tg_ok "$U: daily_usage equals the mock's usage to the token once written ($TG_USAGE_GOT, ${TG_POLL_MS} ms)"
 else

@@ -97,7 +97,7 @@ tg_poll 2 ok_key && tg_ok "the created key is accepted (${TG_POLL_MS} ms)" || tg
 "$AGENT" limit set --user sam --tokens 10 --db "$TG_DB" >/dev/null 2>&1
 limited() { tg_chat -H "authorization: Bearer $key"; [ "$TG_STATUS" = 429 ]; }
 tg_poll 2 limited && tg_ok "limit set: the user is refused within ${TG_POLL_MS} ms" || tg_fail "limit not applied"
-# daily_usage is written once a second (daily_usage_interval_ms): poll for
+# daily_usage is written every second here (daily_usage_interval_ms): poll for
 # the day's row. The polls above made an unknown number of allowed requests;
 # the command must show the row's own values.
 sam_usage() { "$AGENT" usage --user sam --db "$TG_DB" 2>/dev/null | awk '$1 == "user_id" || $1 == "requests" { printf "%s ", $2 }'; }
