@@ -23,7 +23,7 @@
 #define ENGINE_MAX_CHOICES 128
 #define ENGINE_MAX_USAGE ((int64_t)1 << 32)
 #define ENGINE_HEALTH_REFRESH_S 5.0
-/* Writing daily_usage gets at most this share of a CPU: a fold that cost
+/* Writing daily_usage gets about this share of a CPU: a fold that cost
  * the writer c seconds is followed by the next one no sooner than c /
  * share later. With 100,000 users changing every second a fold costs
  * about 0.15 s here: at the default interval of 1 s, 15 % of a CPU taken
