@@ -151,6 +151,7 @@ struct store {
 	char logged_refusal[160]; /* the conditions last logged: each is logged */
 	char logged_reopen[160];  /* once per change, not once per attempt */
 	long poll_ms;
+	int lock_wait_ms;        /* the connection's busy timeout */
 	int64_t data_version;
 	ev_async async;
 	struct ev_loop *loop;
@@ -354,6 +355,7 @@ struct store *store_open(const char *path, char *err, size_t errsz)
 		snprintf(err, errsz, "db %s: %s", path, s->db ? sqlite3_errmsg(s->db) : "cannot open");
 		goto fail;
 	}
+	s->lock_wait_ms = STORE_BUSY_TIMEOUT_MS;
 	if (tune(s->db, sub, sizeof(sub)) == -1) {
 		snprintf(err, errsz, "db %s: %s", path, sub);
 		goto fail;
@@ -663,6 +665,12 @@ int store_exec_params(struct store *s, const char *sql, const char *const *param
 		return -1;
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
+	if ((rc & 0xff) == SQLITE_BUSY) {
+		snprintf(err, errsz, "%s: another connection held the write lock for over %d ms "
+			 "(a transaction left open in a sqlite3 shell?); nothing was changed",
+			 sqlite3_errmsg(s->db), s->lock_wait_ms);
+		return -1;
+	}
 	if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
 		snprintf(err, errsz, "%s", sqlite3_errmsg(s->db));
 		return -1;
@@ -670,6 +678,12 @@ int store_exec_params(struct store *s, const char *sql, const char *const *param
 	if (changes)
 		*changes = sqlite3_changes(s->db);
 	return 0;
+}
+
+void store_set_lock_wait(struct store *s, int ms)
+{
+	s->lock_wait_ms = ms;
+	sqlite3_busy_timeout(s->db, ms);
 }
 
 int store_print_rows(struct store *s, const char *sql, const char *const *params, int nparams, void *out,
