@@ -102,7 +102,8 @@ tg_chat
 check_401 "no x-user and no Authorization"
 
 # Revocation with plain SQL, effective within a second.
-sqlite3 "$TG_DB" "UPDATE api_keys SET revoked_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE key_hmac = '$(tg_key_hmac "$K_VALID")'"
+tg_sql "UPDATE api_keys SET revoked_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE key_hmac = '$(tg_key_hmac "$K_VALID")'" ||
+	tg_fail "sqlite3 UPDATE api_keys (its error is above)"
 valid_refused() {
 	bearer "$K_VALID"
 	[ "$TG_STATUS" = 401 ]

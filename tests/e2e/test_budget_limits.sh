@@ -132,7 +132,11 @@ try_alice() {
 	[ "$TG_STATUS" = 429 ] && n_429=$((n_429 + 1))
 	[ "$TG_STATUS" = 200 ]
 }
-sqlite3 "$TG_DB" "UPDATE user_limits SET daily_tokens = 100000 WHERE user_id = '$U'"
+# The operator's command as the README gives it: the shell waits for the
+# agent's writer, which holds the write lock for each batch (a plain sqlite3
+# has no busy timeout and fails at once when it meets that lock).
+sqlite3 -cmd '.timeout 5000' "$TG_DB" "UPDATE user_limits SET daily_tokens = 100000 WHERE user_id = '$U'" ||
+	tg_fail "sqlite3 UPDATE user_limits (its error is above)"
 if tg_poll 3 try_alice; then
 	n_ok=$((n_ok + 1))
 	echo "# limit raise took effect after ${TG_POLL_MS} ms"
