@@ -60,7 +60,7 @@ Try, from another terminal:
        -d '{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"Hello"}]}'
 
   sqlite3 tokengate.db 'SELECT * FROM usage_today'
-  sqlite3 tokengate.db "INSERT INTO user_limits(user_id, daily_tokens) VALUES ('alice', 60)"   # then curl again: 429
+  sqlite3 -cmd '.timeout 5000' tokengate.db "INSERT INTO user_limits(user_id, daily_tokens) VALUES ('alice', 60)"   # then curl again: 429
   build/tokengate key create --user bob --db tokengate.db   # prints an API key for "Authorization: Bearer ..."
   curl -s http://127.0.0.1:9121/metrics | grep tokengate_decisions
 
