@@ -19,7 +19,14 @@
 #include "politevfs.h"
 #include "schema.h"
 
-#define STORE_BUSY_TIMEOUT_MS 200
+/* How long a statement waits for a write lock another connection holds.
+ * The writer thread's write is retried later with its rows kept, so it
+ * waits briefly. The open's migrations and the operators' commands wait
+ * long: the running agent's writer holds the lock for each batch, for most
+ * of every flush interval under heavy load and over a second for a fold of
+ * a million users, and a command should wait that out, not fail. */
+#define STORE_WRITER_LOCK_WAIT_MS 200
+#define STORE_OPEN_LOCK_WAIT_MS 10000
 /* offer_cpu: every 32 rows or writes, the clock; every 0.1 ms, a yield
  * (0.25 ms left a p99 of 0.4-0.7 ms unloaded, 0.1 ms 0.3-0.4 ms). */
 #define STORE_OFFER_CALLS 32
@@ -252,7 +259,20 @@ static unsigned schema_latest(void)
 	return schema_migration_count ? schema_migrations[schema_migration_count - 1].version : 0;
 }
 
-static int migrate(sqlite3 *db, const char *path, char *err, size_t errsz)
+/* err for a statement refused with SQLite's message msg; when the write
+ * lock was waited out, what to look for, and that the statement (or
+ * transaction) left the database as it was. */
+static void refusal(sqlite3 *db, int lock_wait_ms, const char *msg, char *err, size_t errsz)
+{
+	if ((sqlite3_errcode(db) & 0xff) == SQLITE_BUSY)
+		snprintf(err, errsz, "%s: another connection held the write lock for over %d ms (a transaction "
+			 "left open in a sqlite3 shell? fuser -v on the database and its -wal file); nothing was changed",
+			 msg, lock_wait_ms);
+	else
+		snprintf(err, errsz, "%s", msg);
+}
+
+static int migrate(sqlite3 *db, int lock_wait_ms, const char *path, char *err, size_t errsz)
 {
 	int64_t have = pragma_int(db, "PRAGMA user_version");
 	unsigned latest = schema_latest();
@@ -275,7 +295,10 @@ static int migrate(sqlite3 *db, const char *path, char *err, size_t errsz)
 		snprintf(sql, sizeof(sql), "PRAGMA user_version = %u", m->version);
 		if (exec(db, "BEGIN IMMEDIATE", sub, sizeof(sub)) == -1 || exec(db, m->sql, sub, sizeof(sub)) == -1 ||
 		    exec(db, sql, sub, sizeof(sub)) == -1 || exec(db, "COMMIT", sub, sizeof(sub)) == -1) {
-			snprintf(err, errsz, "db %s: migration %s failed: %s", path, m->name, sub);
+			char why[512];
+
+			refusal(db, lock_wait_ms, sub, why, sizeof(why));
+			snprintf(err, errsz, "db %s: migration %s failed: %s", path, m->name, why);
 			exec(db, "ROLLBACK", sub, sizeof(sub));
 			return -1;
 		}
@@ -301,9 +324,9 @@ static void sqlite_setup(void)
 
 /* The connection's settings, the same for the first open and a reopen.
  * -1 with SQLite's message in err. */
-static int tune(sqlite3 *db, char *sub, size_t subsz)
+static int tune(sqlite3 *db, int lock_wait_ms, char *sub, size_t subsz)
 {
-	sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
+	sqlite3_busy_timeout(db, lock_wait_ms);
 	return exec(db, STORE_PRAGMAS, sub, subsz);
 }
 
@@ -355,12 +378,12 @@ struct store *store_open(const char *path, char *err, size_t errsz)
 		snprintf(err, errsz, "db %s: %s", path, s->db ? sqlite3_errmsg(s->db) : "cannot open");
 		goto fail;
 	}
-	s->lock_wait_ms = STORE_BUSY_TIMEOUT_MS;
-	if (tune(s->db, sub, sizeof(sub)) == -1) {
+	s->lock_wait_ms = STORE_OPEN_LOCK_WAIT_MS;
+	if (tune(s->db, s->lock_wait_ms, sub, sizeof(sub)) == -1) {
 		snprintf(err, errsz, "db %s: %s", path, sub);
 		goto fail;
 	}
-	if (migrate(s->db, path, err, errsz) == -1)
+	if (migrate(s->db, s->lock_wait_ms, path, err, errsz) == -1)
 		goto fail;
 	if (prepare_all(s, sub, sizeof(sub)) == -1) {
 		snprintf(err, errsz, "db %s: %s", path, sub);
@@ -665,14 +688,8 @@ int store_exec_params(struct store *s, const char *sql, const char *const *param
 		return -1;
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
-	if ((rc & 0xff) == SQLITE_BUSY) {
-		snprintf(err, errsz, "%s: another connection held the write lock for over %d ms "
-			 "(a transaction left open in a sqlite3 shell?); nothing was changed",
-			 sqlite3_errmsg(s->db), s->lock_wait_ms);
-		return -1;
-	}
 	if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
-		snprintf(err, errsz, "%s", sqlite3_errmsg(s->db));
+		refusal(s->db, s->lock_wait_ms, sqlite3_errmsg(s->db), err, errsz);
 		return -1;
 	}
 	if (changes)
@@ -1197,7 +1214,7 @@ static int reopen(struct store *s, char *err, size_t errsz)
 		snprintf(err, errsz, "open: the file system is read-only (the file opens only for reading)");
 		goto fail;
 	}
-	sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
+	sqlite3_busy_timeout(s->db, s->lock_wait_ms);
 	/* Before anything that could write to it (journal_mode would turn an
 	 * empty file into a database). */
 	have = pragma_int(s->db, "PRAGMA user_version");
@@ -1211,7 +1228,7 @@ static int reopen(struct store *s, char *err, size_t errsz)
 			 (long long)have, latest);
 		goto fail;
 	}
-	if (tune(s->db, sub, sizeof(sub)) == -1 || prepare_all(s, sub, sizeof(sub)) == -1) {
+	if (tune(s->db, s->lock_wait_ms, sub, sizeof(sub)) == -1 || prepare_all(s, sub, sizeof(sub)) == -1) {
 		snprintf(err, errsz, "%.150s", sub);
 		goto fail;
 	}
@@ -1616,6 +1633,7 @@ int store_start(struct store *s, struct ev_loop *loop, long poll_ms, long purge_
 		void (*on_policy)(struct policy *p, void *arg), void *arg)
 {
 	s->purge_s = purge_s > 0 ? purge_s : 60;
+	store_set_lock_wait(s, STORE_WRITER_LOCK_WAIT_MS);
 	s->loop = loop;
 	s->poll_ms = poll_ms;
 	s->on_policy = on_policy;

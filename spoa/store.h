@@ -155,9 +155,10 @@ int store_reopen_cures(int code);
  */
 int store_exec_params(struct store *s, const char *sql, const char *const *params, int nparams,
 		      int *changes, char *err, size_t errsz);
-/* How long these commands wait for a write lock that another connection
- * holds (a running agent's writer holds it for each of its batches)
- * before failing with "database is locked". */
+/* How long statements wait for a write lock that another connection
+ * holds before failing with "database is locked": 10 s from store_open
+ * (its migrations, these commands), 200 ms once store_start has started
+ * the writer, which retries later with its rows kept. */
 void store_set_lock_wait(struct store *s, int ms);
 /* Runs a query and prints each row as "column: value" lines, rows
  * separated by a blank line, to the stdio stream out. Returns rows. */

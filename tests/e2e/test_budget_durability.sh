@@ -235,7 +235,17 @@ tg_assert_eq "$((R + 1))" "$TG_POLL_GOT" "after the restart: daily_usage.request
 
 # ---- (c) Another process holds the write lock for 5 s ------------------------
 L=dur-lock
-tg_hold_write_lock 5 || tg_fail "lock: the sqlite3 shell took the write lock" "$(cat "$TG_TMP/locker.out")"
+# The sqlite3 shell runs these in order: the lock is taken at BEGIN
+# IMMEDIATE (the UPDATE makes it a real write), "LOCKED" shows it is held,
+# and COMMIT only comes after the 5 s sleep.
+printf '%s\n' "BEGIN IMMEDIATE;" \
+	"UPDATE settings SET description = description WHERE name = 'time_zone';" \
+	".print LOCKED" ".shell sleep 5" "COMMIT;" ".print RELEASED" |
+	sqlite3 "$TG_DB" >"$TG_TMP/locker.out" 2>&1 &
+LOCKER_PID=$!
+tg__track "$LOCKER_PID" sqlite3-locker
+locked() { grep -q LOCKED "$TG_TMP/locker.out"; }
+tg_poll 3 locked || tg_fail "lock: the sqlite3 shell took the write lock" "$(cat "$TG_TMP/locker.out")"
 LOCK_MS=$(tg_now_ms)
 if sqlite3 "$TG_DB" "BEGIN IMMEDIATE; ROLLBACK;" >/dev/null 2>&1; then
 	tg_fail "lock: another writer is refused while the shell holds the lock (it got the lock)"
@@ -277,7 +287,7 @@ if [ "${during:-0}" -lt "$n_lock" ]; then
 else
 	tg_fail "lock: the agent's writes were held back by the lock" "db already had $during of $n_lock"
 fi
-tg_wait_exit "$TG_LOCKER_PID" 10
+tg_wait_exit "$LOCKER_PID" 10
 tg_assert_eq "0 RELEASED" "$TG_EXIT_STATUS $(grep -o RELEASED "$TG_TMP/locker.out")" \
 	"lock: the sqlite3 shell committed and exited after 5 s"
 t0=$(tg_now_ms)

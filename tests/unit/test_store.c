@@ -767,6 +767,124 @@ static void test_journal_replay_waits_for_the_lock(void **state)
 	remove_temp_db(dir);
 }
 
+/* Another connection holding the write lock (BEGIN IMMEDIATE and a write)
+ * for hold_s, then committing. */
+struct lock_holder {
+	const char *path;
+	double hold_s;
+	atomic_bool held;
+};
+
+static void *hold_lock_main(void *arg)
+{
+	struct lock_holder *h = arg;
+	sqlite3 *db;
+
+	if (sqlite3_open_v2(h->path, &db, SQLITE_OPEN_READWRITE, "unix") != SQLITE_OK ||
+	    sqlite3_exec(db, "BEGIN IMMEDIATE; UPDATE settings SET value = value WHERE name = 'time_zone'", NULL, NULL,
+			 NULL) != SQLITE_OK)
+		abort();
+	atomic_store(&h->held, true);
+	usleep((useconds_t)(h->hold_s * 1e6));
+	sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+	sqlite3_close(db);
+	return NULL;
+}
+
+static void hold_lock(pthread_t *th, struct lock_holder *h)
+{
+	assert_int_equal(pthread_create(th, NULL, hold_lock_main, h), 0);
+	while (!atomic_load(&h->held))
+		usleep(1000);
+}
+
+/* An operator's command (tokengate limit set, key create...) that meets
+ * the write lock waits for it; when it is held past the wait, the command
+ * fails saying so and changes nothing. */
+static void test_operator_command_and_a_held_lock(void **state)
+{
+	char dir[] = "/tmp/tg-test-store-XXXXXX", path[256], err[512];
+	struct lock_holder h = {.hold_s = 0.5};
+	struct store *s;
+	pthread_t th;
+	double t0, waited;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/t.db", dir);
+	s = store_open(path, err, sizeof(err));
+	if (!s)
+		fail_msg("store_open: %s", err);
+	h.path = path;
+
+	/* Held for 0.5 s: waited out (the writer's 200 ms would not). */
+	hold_lock(&th, &h);
+	t0 = now_s();
+	if (store_exec_params(s, "INSERT INTO user_limits(user_id, daily_tokens) VALUES ('zed', 5)", NULL, 0, NULL,
+			      err, sizeof(err)) == -1)
+		fail_msg("the command did not wait for the lock: %s", err);
+	waited = now_s() - t0;
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_true(waited > 0.3);
+	assert_int_equal(query_int(path, "SELECT daily_tokens FROM user_limits WHERE user_id = 'zed'"), 5);
+
+	/* Held past the wait: refused, with who to look for, nothing changed. */
+	store_set_lock_wait(s, 100);
+	h.hold_s = 1.0;
+	atomic_store(&h.held, false);
+	hold_lock(&th, &h);
+	assert_int_equal(store_exec_params(s, "UPDATE user_limits SET daily_tokens = 6 WHERE user_id = 'zed'", NULL, 0,
+					   NULL, err, sizeof(err)),
+			 -1);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_non_null(strstr(err, "database is locked"));
+	assert_non_null(strstr(err, "held the write lock for over 100 ms"));
+	assert_non_null(strstr(err, "nothing was changed"));
+	assert_int_equal(query_int(path, "SELECT daily_tokens FROM user_limits WHERE user_id = 'zed'"), 5);
+	assert_int_equal(store_close(s, 0), 0);
+	remove_temp_db(dir);
+}
+
+/* The open's migrations wait for a lock another connection holds too: an
+ * upgraded agent started, or its command run, while the old one writes. */
+static void test_migration_waits_for_the_lock(void **state)
+{
+	char dir[] = "/tmp/tg-test-store-XXXXXX", path[256], err[512];
+	struct lock_holder h = {.hold_s = 0.5};
+	struct store *s;
+	sqlite3 *db;
+	pthread_t th;
+	int64_t latest;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/t.db", dir);
+	s = store_open(path, err, sizeof(err));
+	if (!s)
+		fail_msg("store_open: %s", err);
+	assert_int_equal(store_close(s, 0), 0);
+	/* The last migration pending again (it only rewrites descriptions). */
+	latest = query_int(path, "PRAGMA user_version");
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, "unix"), SQLITE_OK);
+	{
+		char sql[64];
+
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %lld", (long long)(latest - 1));
+		assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+	}
+	sqlite3_close(db);
+
+	h.path = path;
+	hold_lock(&th, &h);
+	s = store_open(path, err, sizeof(err));
+	assert_int_equal(pthread_join(th, NULL), 0);
+	if (!s)
+		fail_msg("store_open did not wait for the lock: %s", err);
+	assert_int_equal(store_close(s, 0), 0);
+	assert_int_equal(query_int(path, "PRAGMA user_version"), latest);
+	remove_temp_db(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -776,6 +894,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_reopen_cycle, shim_setup, shim_teardown),
 		cmocka_unit_test(test_journal_then_fold_and_replay),
 		cmocka_unit_test(test_journal_replay_waits_for_the_lock),
+		cmocka_unit_test(test_operator_command_and_a_held_lock),
+		cmocka_unit_test(test_migration_waits_for_the_lock),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
