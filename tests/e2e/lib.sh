@@ -569,23 +569,6 @@ tg_sql() {
 	sqlite3 -batch -cmd '.timeout 5000' "$TG_DB" "$1"
 }
 
-# tg_hold_write_lock SECONDS: a sqlite3 shell takes the database's write lock
-# (BEGIN IMMEDIATE and a real write) and holds it for SECONDS before it
-# commits, in the background: TG_LOCKER_PID, its output in
-# $TG_TMP/locker.out ("LOCKED", then "RELEASED"). Returns once the lock is
-# held, 1 when it was not within 3 s. The shell itself waits for the agent's
-# own short hold of the lock (.timeout), as an operator's should.
-tg_hold_write_lock() {
-	printf '%s\n' "BEGIN IMMEDIATE;" \
-		"UPDATE settings SET description = description WHERE name = 'time_zone';" \
-		".print LOCKED" ".shell sleep $1" "COMMIT;" ".print RELEASED" |
-		sqlite3 -batch -cmd '.timeout 5000' "$TG_DB" >"$TG_TMP/locker.out" 2>&1 &
-	TG_LOCKER_PID=$!
-	tg__track "$TG_LOCKER_PID" sqlite3-locker
-	tg_poll 3 tg__lock_held
-}
-tg__lock_held() { grep -q LOCKED "$TG_TMP/locker.out"; }
-
 # tg_sql_quote TEXT: TEXT as an SQL string literal.
 tg_sql_quote() {
 	printf "'%s'" "$(printf '%s' "$1" | sed "s/'/''/g")"

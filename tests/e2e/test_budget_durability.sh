@@ -237,11 +237,12 @@ tg_assert_eq "$((R + 1))" "$TG_POLL_GOT" "after the restart: daily_usage.request
 L=dur-lock
 # The sqlite3 shell runs these in order: the lock is taken at BEGIN
 # IMMEDIATE (the UPDATE makes it a real write), "LOCKED" shows it is held,
-# and COMMIT only comes after the 5 s sleep.
+# and COMMIT only comes after the 5 s sleep. The shell's timeout lets its
+# BEGIN IMMEDIATE wait for the agent's own short hold of the lock.
 printf '%s\n' "BEGIN IMMEDIATE;" \
 	"UPDATE settings SET description = description WHERE name = 'time_zone';" \
 	".print LOCKED" ".shell sleep 5" "COMMIT;" ".print RELEASED" |
-	sqlite3 "$TG_DB" >"$TG_TMP/locker.out" 2>&1 &
+	sqlite3 -cmd '.timeout 5000' "$TG_DB" >"$TG_TMP/locker.out" 2>&1 &
 LOCKER_PID=$!
 tg__track "$LOCKER_PID" sqlite3-locker
 locked() { grep -q LOCKED "$TG_TMP/locker.out"; }

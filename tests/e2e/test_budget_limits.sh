@@ -4,8 +4,9 @@
 #   - a user with a 1,000-token day (user_limits) is allowed until it is
 #     spent, then gets a 429 with Retry-After, x-ratelimit-* and an OpenAI
 #     rate-limit error body;
-#   - `sqlite3 DB "UPDATE user_limits ..."` raising the limit lets requests
-#     pass again within one second (no restart, no signal);
+#   - `sqlite3 -cmd '.timeout 5000' DB "UPDATE user_limits ..."` raising the
+#     limit lets requests pass again within one second (no restart, no
+#     signal);
 #   - daily_usage equals the mock provider's usage to the token;
 #   - a free-tier user over budget gets the fallback answer (200, JSON);
 #   - a streamed answer keeps its estimate.

@@ -95,22 +95,22 @@ tg_assert_eq 0 "$(tg_sql "SELECT count(*) FROM api_keys WHERE key_hmac LIKE '%$k
 ok_key() { tg_chat -H "authorization: Bearer $key"; [ "$TG_STATUS" = 200 ]; }
 tg_poll 2 ok_key && tg_ok "the created key is accepted (${TG_POLL_MS} ms)" || tg_fail "created key refused: $TG_STATUS"
 # An operator's command waits for a write lock another connection holds
-# (here a sqlite3 shell for 2 s; the agent's writer holds it for each batch)
-# instead of failing at once with "database is locked".
-tg_hold_write_lock 2 || tg_fail "a sqlite3 shell took the write lock" "$(cat "$TG_TMP/locker.out")"
+# (here for 2 s; the agent's writer holds it for each batch) instead of
+# failing at once with "database is locked".
+tg_hold_db_write_lock 2 || tg_fail "another connection took the write lock" "$(cat "$TG_TMP/lock.log")"
 t0=$(tg_now_ms)
 "$AGENT" limit set --user sam --tokens 10 --db "$TG_DB" >"$TG_TMP/limitset.out" 2>&1
 rc=$?
 waited=$(($(tg_now_ms) - t0))
-tg_assert_eq 0 "$rc" "limit set behind a 2 s write lock succeeds ($(head -c 200 "$TG_TMP/limitset.out"))"
-if [ "$waited" -ge 1000 ]; then
+tg_assert_eq 0 "$rc" "limit set behind a 2 s write lock succeeds ($(head -c 300 "$TG_TMP/limitset.out"))"
+# The lock is gone 2 s after it was taken: a command that did not wait
+# returns well before, even with a slow start (under valgrind, about 1 s).
+if [ "$waited" -ge 1800 ]; then
 	tg_ok "limit set waited for the lock (${waited} ms) instead of failing"
 else
 	tg_fail "limit set waited for the lock" "it returned after ${waited} ms, the lock lasts 2 s"
 fi
 tg_assert_eq 10 "$(tg_sql "SELECT daily_tokens FROM user_limits WHERE user_id = 'sam'")" "limit set wrote the limit"
-tg_wait_exit "$TG_LOCKER_PID" 5
-tg_assert_eq "0 RELEASED" "$TG_EXIT_STATUS $(grep -o RELEASED "$TG_TMP/locker.out")" "the sqlite3 shell committed after 2 s"
 limited() { tg_chat -H "authorization: Bearer $key"; [ "$TG_STATUS" = 429 ]; }
 tg_poll 2 limited && tg_ok "limit set: the user is refused within ${TG_POLL_MS} ms" || tg_fail "limit not applied"
 # daily_usage is written every second here (daily_usage_interval_ms): poll for
