@@ -102,8 +102,7 @@ tg_chat
 check_401 "no x-user and no Authorization"
 
 # Revocation with plain SQL, effective within a second.
-tg_sql "UPDATE api_keys SET revoked_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE key_hmac = '$(tg_key_hmac "$K_VALID")'" ||
-	tg_fail "sqlite3 UPDATE api_keys (its error is above)"
+tg_sql "UPDATE api_keys SET revoked_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE key_hmac = '$(tg_key_hmac "$K_VALID")'"
 valid_refused() {
 	bearer "$K_VALID"
 	[ "$TG_STATUS" = 401 ]

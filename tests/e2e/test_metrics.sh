@@ -46,7 +46,7 @@ tg_assert_eq 1 "$(tg_metric "$M0" tokengate_build_info version="$("${TG_AGENT_BI
 # Rules first, each change waited for (one statement = one reload).
 reload() { # SQL
 	r=$(tg_agent_log_count 'rules reloaded')
-	tg_sql "$1" || tg_fail "sqlite3 accepts: $1"
+	tg_sql "$1" # a refused write fails the test
 	tg_wait_reload "$r" || echo "# (no 'rules reloaded' log line within 2s after: $1)"
 }
 KEY=sk-tg-metrics-$(date +%s)-test

@@ -124,7 +124,7 @@ agent_metric() {
 }
 reload() { # SQL
 	r=$(tg_agent_log_count 'rules reloaded')
-	tg_sql "$1" || tg_fail "sqlite3 accepts: $1"
+	tg_sql "$1" # a refused write fails the test
 	tg_wait_reload "$r" || echo "# (no 'rules reloaded' log line within 2s after: $1)"
 }
 # burst N USER-PREFIX: N requests, one user each, 0.1 s apart.
