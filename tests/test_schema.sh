@@ -413,7 +413,7 @@ rejects "swapping positions in one UPDATE trips the primary key" \
     "UPDATE route_providers SET position = 3 - position
      WHERE route = 'chat' AND (position = 1 OR position = 2);"
 accepts "swap primary and secondary of a route via a temporary position" \
-    "BEGIN;
+    "BEGIN IMMEDIATE;
      UPDATE route_providers SET position = 1000 WHERE route = 'chat' AND position = 1;
      UPDATE route_providers SET position = 1    WHERE route = 'chat' AND position = 2;
      UPDATE route_providers SET position = 2    WHERE route = 'chat' AND position = 1000;
@@ -423,7 +423,7 @@ check "the chat chain is swapped, the default one is not" \
 "chat|provider_secondary,provider_primary
 default|provider_primary,provider_secondary"
 accepts "add a route for a model family, with its chain, in one transaction" \
-    "BEGIN;
+    "BEGIN IMMEDIATE;
      INSERT INTO routes (name, path_prefix, model_glob, priority, timeout_ms)
      VALUES ('gpt-4o', '/v1/chat/completions', 'gpt-4o*', 5, 60000);
      INSERT INTO route_providers (route, position, provider) VALUES
