@@ -60,10 +60,8 @@ static void noop_policy(struct policy *p, void *arg)
 }
 
 /* A store on a new file in a new temporary directory (dir: a mkdtemp
- * template; path gets the file's name), its writer started with these
- * poll and purge intervals. */
-static struct store *start_temp_store(char *dir, char *path, size_t pathsz, struct ev_loop *loop, long poll_ms,
-				      long purge_s)
+ * template; path gets the file's name), opened, its writer not started. */
+static struct store *open_temp_store(char *dir, char *path, size_t pathsz)
 {
 	char err[256];
 	struct store *s;
@@ -73,6 +71,15 @@ static struct store *start_temp_store(char *dir, char *path, size_t pathsz, stru
 	s = store_open(path, err, sizeof(err));
 	if (!s)
 		fail_msg("store_open: %s", err);
+	return s;
+}
+
+/* The same, its writer started with these poll and purge intervals. */
+static struct store *start_temp_store(char *dir, char *path, size_t pathsz, struct ev_loop *loop, long poll_ms,
+				      long purge_s)
+{
+	struct store *s = open_temp_store(dir, path, pathsz);
+
 	assert_int_equal(store_start(s, loop, poll_ms, purge_s, noop_policy, NULL), 0);
 	return s;
 }
@@ -793,6 +800,7 @@ static void *hold_lock_main(void *arg)
 
 static void hold_lock(pthread_t *th, struct lock_holder *h)
 {
+	atomic_store(&h->held, false);
 	assert_int_equal(pthread_create(th, NULL, hold_lock_main, h), 0);
 	while (!atomic_load(&h->held))
 		usleep(1000);
@@ -810,11 +818,7 @@ static void test_operator_command_and_a_held_lock(void **state)
 	double t0, waited;
 
 	(void)state;
-	assert_non_null(mkdtemp(dir));
-	snprintf(path, sizeof(path), "%s/t.db", dir);
-	s = store_open(path, err, sizeof(err));
-	if (!s)
-		fail_msg("store_open: %s", err);
+	s = open_temp_store(dir, path, sizeof(path));
 	h.path = path;
 
 	/* Held for 0.5 s: waited out (the writer's 200 ms would not). */
@@ -831,7 +835,6 @@ static void test_operator_command_and_a_held_lock(void **state)
 	/* Held past the wait: refused, with who to look for, nothing changed. */
 	store_set_lock_wait(s, 100);
 	h.hold_s = 1.0;
-	atomic_store(&h.held, false);
 	hold_lock(&th, &h);
 	assert_int_equal(store_exec_params(s, "UPDATE user_limits SET daily_tokens = 6 WHERE user_id = 'zed'", NULL, 0,
 					   NULL, err, sizeof(err)),
@@ -857,12 +860,7 @@ static void test_migration_waits_for_the_lock(void **state)
 	int64_t latest;
 
 	(void)state;
-	assert_non_null(mkdtemp(dir));
-	snprintf(path, sizeof(path), "%s/t.db", dir);
-	s = store_open(path, err, sizeof(err));
-	if (!s)
-		fail_msg("store_open: %s", err);
-	assert_int_equal(store_close(s, 0), 0);
+	assert_int_equal(store_close(open_temp_store(dir, path, sizeof(path)), 0), 0);
 	/* The last migration pending again (it only rewrites descriptions). */
 	latest = query_int(path, "PRAGMA user_version");
 	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, "unix"), SQLITE_OK);
